@@ -1,0 +1,385 @@
+"""Mirror maps for mirror-descent quantization [MD].
+
+A continuous, strictly increasing projection ``P_beta: R -> C`` defines a
+mirror map ``Phi`` with ``grad Phi = P_beta^{-1}`` (MD paper, Thm 1). In the
+numerically stable "-S" form the optimizer stores the dual
+``theta = grad Phi(w)`` and does (THEORY.md §5)
+
+.. math:: w_t = P_\\beta(\\theta_t),\\qquad
+          \\theta_{t+1} = \\theta_t - \\eta\\,\\nabla_w f(w_t)
+
+Every map offers ``to_primal(theta, beta)`` (``P_beta``), ``to_dual(w, beta)``
+(``P_beta^{-1}``), ``potential(w, beta)`` (``Phi_beta``), ``bregman(w, v, beta)``
+(``D_Phi``), ``hard(theta)`` (exact levels) and ``primal_derivative``
+(``dP/dtheta``, used by the GD baselines that apply the Jacobian).
+
+References:
+    [MD] Ajanthan, Gupta, Torr, Hartley, Dokania. Mirror Descent View for
+    Neural Network Quantization. AISTATS 2021.
+    [PMF] Ajanthan, Dokania, Hartley, Torr. Proximal Mean-Field for Neural
+    Network Quantization. ICCV 2019.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .levels import BINARY, TERNARY, LevelsSpec, levels_tensor, make_levels, nearest
+
+__all__ = ["MirrorMap", "Tanh", "Linear", "Softmax", "ShiftedTanh", "get", "available"]
+
+
+def _below_one(t: Tensor) -> float:
+    """Largest value of ``t``'s dtype strictly below 1 (1 - eps/2)."""
+    return 1.0 - torch.finfo(t.dtype).eps / 2.0
+
+
+def _log_cosh(y: Tensor) -> Tensor:
+    """``log cosh y`` without overflow: ``|y| + log1p(exp(-2|y|)) - log 2``."""
+    a = y.abs()
+    return a + torch.log1p(torch.exp(-2.0 * a)) - math.log(2.0)
+
+
+class MirrorMap:
+    """Base class of a mirror map given by its projection ``P_beta`` (THEORY.md §5).
+
+    Attributes:
+        name: registry name.
+        levels: the level set of ``hard``.
+        strict: ``P_beta`` strictly increasing (the primal, non-"-S" form is
+            defined only then).
+        dual_size: ``None`` when the dual has the weight's shape; ``d`` when
+            each weight has a dual vector of size ``d`` (softmax).
+
+    References:
+        [MD] Ajanthan et al., AISTATS 2021, Thm 1.
+    """
+
+    name = "mirror_map"
+    strict = True
+    dual_size: Optional[int] = None
+
+    def __init__(self, levels: LevelsSpec = "binary") -> None:
+        self.levels: Tuple[float, ...] = make_levels(levels)
+
+    def to_primal(self, theta: Tensor, beta: float = 1.0) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to_dual(self, w: Tensor, beta: float = 1.0) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def primal_derivative(self, theta: Tensor, beta: float = 1.0) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def potential(self, w: Tensor, beta: float = 1.0) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def bregman(self, w: Tensor, v: Tensor, beta: float = 1.0) -> Tensor:
+        """``D(w, v) = Phi(w) - Phi(v) - <grad Phi(v), w - v>`` (elementwise)."""
+        return self.potential(w, beta) - self.potential(v, beta) - self.to_dual(v, beta) * (w - v)
+
+    def hard(self, theta: Tensor) -> Tensor:
+        """Exact level for each dual entry: nearest level of ``P(theta)`` (``sign`` when binary)."""
+        return nearest(theta, self.levels)
+
+    def init_dual(self, p: Tensor) -> Tensor:
+        """Initial dual from a parameter: a copy (the model then holds ``P_beta(p)``)."""
+        return p.detach().clone()
+
+    def primal_grad_to_dual(self, theta: Tensor, grad: Tensor) -> Tensor:
+        """Mirror-descent (Jacobian-skipped) pull-back of ``grad_w`` to the dual: the identity."""
+        return grad
+
+    def config(self) -> Dict[str, Any]:
+        """Primitives that rebuild the map with :func:`get`."""
+        return {"name": self.name}
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.config() == other.config()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash(repr(self.config()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+class Tanh(MirrorMap):
+    """The tanh mirror map (binary) [MD].
+
+    .. math::
+        P_\\beta(\\theta) = \\tanh(\\beta\\theta),\\quad
+        P_\\beta^{-1}(w) = \\operatorname{atanh}(w)/\\beta,\\\\
+        \\Phi_\\beta(w) = \\tfrac{1}{2\\beta}[(1+w)\\log(1+w) + (1-w)\\log(1-w)],\\\\
+        D(w, v) = \\tfrac{1}{\\beta}\\,\\mathrm{KL}(\\mathrm{Bern}(\\tfrac{1+w}{2})\\,\\|\\,
+                  \\mathrm{Bern}(\\tfrac{1+v}{2}))
+
+    ``to_dual`` clamps ``w`` into the open interval at the largest float below
+    1 of ``w``'s dtype, so it is finite at ``±1``. ``hard`` is ``sign`` with
+    ``sign(0) = +1``.
+
+    Example:
+        >>> m = Tanh()
+        >>> m.to_primal(m.to_dual(torch.tensor([0.5]), 2.0), 2.0)
+        tensor([0.5000])
+    """
+
+    name = "tanh"
+
+    def __init__(self) -> None:
+        super().__init__("binary")
+
+    def to_primal(self, theta: Tensor, beta: float = 1.0) -> Tensor:
+        return torch.tanh(theta * beta)
+
+    def to_dual(self, w: Tensor, beta: float = 1.0) -> Tensor:
+        m = _below_one(w)
+        return torch.atanh(w.clamp(-m, m)) / beta
+
+    def primal_derivative(self, theta: Tensor, beta: float = 1.0) -> Tensor:
+        t = torch.tanh(theta * beta)
+        return (1.0 - t * t) * beta
+
+    def potential(self, w: Tensor, beta: float = 1.0) -> Tensor:
+        return (torch.xlogy(1.0 + w, 1.0 + w) + torch.xlogy(1.0 - w, 1.0 - w)) / (2.0 * beta)
+
+    def bregman(self, w: Tensor, v: Tensor, beta: float = 1.0) -> Tensor:
+        p, q = (1.0 + w) / 2.0, (1.0 + v) / 2.0
+        kl = torch.xlogy(p, p) - torch.xlogy(p, q) + torch.xlogy(1.0 - p, 1.0 - p) - torch.xlogy(1.0 - p, 1.0 - q)
+        return kl / beta
+
+    def config(self) -> Dict[str, Any]:
+        return {"name": self.name}
+
+
+class Linear(MirrorMap):
+    """The linear (clipped) mirror map (binary) [MD].
+
+    .. math::
+        P_\\beta(\\theta) = \\operatorname{clip}(\\beta\\theta, -1, 1),\\quad
+        \\Phi_\\beta(w) = \\frac{w^2}{2\\beta}\\ (+\\infty\\text{ outside }[-1,1]),\\quad
+        D(w, v) = \\frac{(w - v)^2}{2\\beta}
+
+    ``P`` is monotone but not strictly, so only the stable form exists;
+    ``to_dual(w) = w / beta`` inverts it on the open interval. ``P -> sign``
+    as ``beta -> inf``.
+
+    Example:
+        >>> Linear().to_primal(torch.tensor([0.2, 3.0]), 2.0)
+        tensor([0.4000, 1.0000])
+    """
+
+    name = "linear"
+    strict = False
+
+    def __init__(self) -> None:
+        super().__init__("binary")
+
+    def to_primal(self, theta: Tensor, beta: float = 1.0) -> Tensor:
+        return (theta * beta).clamp(-1.0, 1.0)
+
+    def to_dual(self, w: Tensor, beta: float = 1.0) -> Tensor:
+        return w / beta
+
+    def primal_derivative(self, theta: Tensor, beta: float = 1.0) -> Tensor:
+        return ((theta * beta).abs() <= 1.0).to(theta.dtype) * beta
+
+    def potential(self, w: Tensor, beta: float = 1.0) -> Tensor:
+        out = w * w / (2.0 * beta)
+        return torch.where(w.abs() <= 1.0, out, torch.full_like(out, math.inf))
+
+    def bregman(self, w: Tensor, v: Tensor, beta: float = 1.0) -> Tensor:
+        return (w - v) ** 2 / (2.0 * beta)
+
+    def config(self) -> Dict[str, Any]:
+        return {"name": self.name}
+
+
+class ShiftedTanh(MirrorMap):
+    """The shifted-tanh mirror map for ternary weights (stable form) [MD].
+
+    .. math::
+        P_\\beta(\\theta) = \\tfrac12[\\tanh(\\beta(\\theta + \\tfrac12)) +
+                           \\tanh(\\beta(\\theta - \\tfrac12))]
+
+    ``P`` is odd and strictly increasing from -1 to 1. Its inverse is closed
+    form: with ``C = cosh(beta)``, ``x = exp(2 beta theta)`` solves
+    ``(1 - w) x^2 - 2 w C x - (1 + w) = 0``, so for ``w >= 0``
+
+    .. math:: \\theta = \\frac{1}{2\\beta}\\Big[\\log C +
+              \\log\\big(w + \\sqrt{w^2 + (1 - w^2)/C^2}\\big) - \\log(1 - w)\\Big]
+
+    and ``P^{-1}(-w) = -P^{-1}(w)``. The potential uses
+    ``Phi(w) = w theta - int_0^theta P`` with
+    ``int_0^theta P = [log cosh(beta(theta+1/2)) + log cosh(beta(theta-1/2))
+    - 2 log cosh(beta/2)] / (2 beta)``. ``hard`` rounds to ``{-1, 0, 1}``.
+
+    Example:
+        >>> m = ShiftedTanh()
+        >>> m.hard(torch.tensor([-2.0, 0.1, 0.7]))
+        tensor([-1.,  0.,  1.])
+    """
+
+    name = "shifted_tanh"
+
+    def __init__(self) -> None:
+        super().__init__("ternary")
+
+    def to_primal(self, theta: Tensor, beta: float = 1.0) -> Tensor:
+        return 0.5 * (torch.tanh(beta * (theta + 0.5)) + torch.tanh(beta * (theta - 0.5)))
+
+    def primal_derivative(self, theta: Tensor, beta: float = 1.0) -> Tensor:
+        a = torch.tanh(beta * (theta + 0.5))
+        b = torch.tanh(beta * (theta - 0.5))
+        return 0.5 * beta * ((1.0 - a * a) + (1.0 - b * b))
+
+    def to_dual(self, w: Tensor, beta: float = 1.0) -> Tensor:
+        m = _below_one(w)
+        wd = w.clamp(-m, m).double()
+        a = wd.abs()
+        log_c = beta + math.log1p(math.exp(-2.0 * beta)) - math.log(2.0)
+        inv_c2 = math.exp(-2.0 * log_c)
+        theta = (log_c + torch.log(a + torch.sqrt(a * a + (1.0 - a * a) * inv_c2)) - torch.log1p(-a)) / (2.0 * beta)
+        return (torch.sign(wd) * theta).to(w.dtype)
+
+    def potential(self, w: Tensor, beta: float = 1.0) -> Tensor:
+        theta = self.to_dual(w, beta).double()
+        half = _log_cosh(torch.tensor(beta / 2.0, dtype=torch.float64))
+        integral = (_log_cosh(beta * (theta + 0.5)) + _log_cosh(beta * (theta - 0.5)) - 2.0 * half) / (2.0 * beta)
+        return (w.double() * theta - integral).to(w.dtype)
+
+    def hard(self, theta: Tensor) -> Tensor:
+        return nearest(theta, TERNARY)
+
+    def config(self) -> Dict[str, Any]:
+        return {"name": self.name}
+
+
+class Softmax(MirrorMap):
+    """The softmax mirror map over ``d`` levels [MD].
+
+    Each weight has a dual vector ``theta in R^d``:
+
+    .. math::
+        u = \\operatorname{softmax}(\\beta\\theta) \\in \\Delta^{d-1},\\quad
+        w = \\sum_j u_j q_j,\\quad
+        \\Phi(u) = \\tfrac1\\beta \\sum_j u_j \\log u_j,\\quad
+        D(u, v) = \\mathrm{KL}(u\\|v)/\\beta
+
+    ``to_primal`` returns ``w``; ``to_simplex`` returns ``u``; ``to_dual(u)``
+    is ``log(u)/beta`` (``u`` clamped at the dtype's eps); ``potential`` and
+    ``bregman`` take simplex points (last dimension ``d``). The pull-back of
+    ``g_w`` to the dual is ``g_u = g_w q`` (the skipped softmax Jacobian is
+    the MD/straight-through step). ``hard`` is ``q`` at the argmax of
+    ``theta`` (ties → larger level). The dual costs ``d``× the weight's
+    memory.
+
+    Args:
+        levels: the level set (default binary).
+
+    Example:
+        >>> m = Softmax("ternary")
+        >>> m.hard(torch.tensor([[0.1, 2.0, -1.0]]))
+        tensor([0.])
+    """
+
+    name = "softmax"
+
+    def __init__(self, levels: LevelsSpec = "binary") -> None:
+        super().__init__(levels)
+        self.dual_size = len(self.levels)
+
+    def to_simplex(self, theta: Tensor, beta: float = 1.0) -> Tensor:
+        """``u = softmax(beta * theta)`` over the last dimension."""
+        return torch.softmax(theta * beta, dim=-1)
+
+    def to_primal(self, theta: Tensor, beta: float = 1.0) -> Tensor:
+        return self.to_simplex(theta, beta) @ levels_tensor(self.levels, theta)
+
+    def to_dual(self, u: Tensor, beta: float = 1.0) -> Tensor:
+        return torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)) / beta
+
+    def primal_derivative(self, theta: Tensor, beta: float = 1.0) -> Tensor:
+        """``dw/dtheta_j = beta u_j (q_j - w)`` (shape ``(..., d)``)."""
+        u = self.to_simplex(theta, beta)
+        q = levels_tensor(self.levels, theta)
+        w = (u @ q).unsqueeze(-1)
+        return beta * u * (q - w)
+
+    def potential(self, u: Tensor, beta: float = 1.0) -> Tensor:
+        return torch.xlogy(u, u).sum(-1) / beta
+
+    def bregman(self, u: Tensor, v: Tensor, beta: float = 1.0) -> Tensor:
+        return (torch.xlogy(u, u) - torch.xlogy(u, v)).sum(-1) / beta
+
+    def hard(self, theta: Tensor) -> Tensor:
+        q = levels_tensor(self.levels, theta)
+        idx = (theta.size(-1) - 1) - theta.flip(-1).argmax(-1)
+        return q[idx]
+
+    def init_dual(self, p: Tensor) -> Tensor:
+        """Dual whose simplex point interpolates ``clip(p)`` between its two neighbouring levels.
+
+        ``u`` puts weight ``1 - t`` on ``q_i`` and ``t`` on ``q_{i+1}`` where
+        ``clip(p) = (1 - t) q_i + t q_{i+1}``; ``theta = log(u)`` (clamped at
+        the dtype's eps), so at ``beta = 1`` the model holds about ``clip(p)``.
+        """
+        x = p.detach()
+        q = levels_tensor(self.levels, x)
+        x = x.clamp(self.levels[0], self.levels[-1])
+        i = (torch.bucketize(x, q, right=True) - 1).clamp(0, len(self.levels) - 2)
+        lo, hi = q[i], q[i + 1]
+        t = (x - lo) / (hi - lo)
+        u = torch.zeros(*x.shape, len(self.levels), dtype=x.dtype, device=x.device)
+        u.scatter_(-1, i.unsqueeze(-1), (1.0 - t).unsqueeze(-1))
+        u.scatter_add_(-1, (i + 1).unsqueeze(-1), t.unsqueeze(-1))
+        return torch.log(u.clamp_min(torch.finfo(x.dtype).eps))
+
+    def primal_grad_to_dual(self, theta: Tensor, grad: Tensor) -> Tensor:
+        """``g_u = g_w q``: shape ``(..., d)``."""
+        return grad.unsqueeze(-1) * levels_tensor(self.levels, theta)
+
+    def config(self) -> Dict[str, Any]:
+        cfg: Dict[str, Any] = {"name": self.name}
+        if self.levels != BINARY:
+            cfg["levels"] = list(self.levels)
+        return cfg
+
+
+_REGISTRY = {cls.name: cls for cls in (Tanh, Linear, Softmax, ShiftedTanh)}
+_ALIASES = {"shiftedtanh": "shifted_tanh", "ternary_tanh": "shifted_tanh", "clip": "linear"}
+
+
+def available() -> Tuple[str, ...]:
+    """Names accepted by :func:`get`."""
+    return tuple(sorted(_REGISTRY))
+
+
+def get(spec: Any, **kwargs: Any) -> MirrorMap:
+    """Build a mirror map from a name, a config dict or an instance.
+
+    Example:
+        >>> get("softmax", levels="ternary")
+        Softmax(levels=[-1.0, 0.0, 1.0])
+    """
+    if isinstance(spec, MirrorMap):
+        if kwargs:
+            raise TypeError(f"Invalid mirror_map arguments {kwargs!r} for an instance {spec!r}")
+        return spec
+    if isinstance(spec, dict):
+        cfg = dict(spec)
+        name = cfg.pop("name", None)
+        cfg.update(kwargs)
+        return get(name, **cfg)
+    if isinstance(spec, type) and issubclass(spec, MirrorMap):
+        return spec(**kwargs)
+    if not isinstance(spec, str):
+        raise TypeError(f"Invalid mirror_map: {spec!r} (expected a name, a config dict or a MirrorMap)")
+    key = _ALIASES.get(spec.lower(), spec.lower())
+    if key not in _REGISTRY:
+        raise ValueError(f"Invalid mirror_map: {spec!r}; valid names are {', '.join(available())}")
+    return _REGISTRY[key](**kwargs)

@@ -1,0 +1,7 @@
+"""proxopt's optimizers: the latent-weight engine and the methods built on it."""
+from .engine import LatentOptimizer, WrappedOptimizer
+from .mirror_descent import MirrorDescent
+from .proxconnect import ProxConnect, ProxConnectPP
+from .proxquant import ProxQuant
+
+__all__ = ["LatentOptimizer", "WrappedOptimizer", "ProxConnectPP", "ProxConnect", "MirrorDescent", "ProxQuant"]

@@ -1,0 +1,483 @@
+"""The one latent-weight engine (ProxConnect++, THEORY.md §2).
+
+.. code-block:: text
+
+    w_t     = F_v(theta_t)                          # written into the model
+    g_t     = grad_w f(w_t)                         # autograd leaves it in p.grad
+    theta  <- BaseStep(theta_t, B'_v(theta_t) * g_t) # any torch optimizer
+
+``v`` is the annealed strength (``mu`` for the ProxConnect family, ``beta``
+for mirror descent). The base optimizer never sees ``w``: its parameters are
+the latents. Groups with ``quantize=False`` hand their parameters to the base
+optimizer directly.
+
+:class:`WrappedOptimizer` holds what every proxopt optimizer shares (a base
+optimizer built from the user's keyword arguments, hyper-parameter sync for
+LR schedulers, state-dict plumbing, input checks). :class:`LatentOptimizer`
+adds the latents. Both are real :class:`torch.optim.Optimizer` subclasses.
+
+References:
+    [PC++] Lu, Yu, Li, Partovi Nia. Understanding Neural Network Binarization
+    with Forward and Backward Proximal Quantizers. NeurIPS 2023.
+    [PC] Dockhorn et al. Demystifying and Generalizing BinaryConnect.
+    NeurIPS 2021.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Type
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .transforms import Transform
+
+__all__ = ["WrappedOptimizer", "LatentOptimizer", "check_value"]
+
+#: Group keys that belong to proxopt, never passed to the base optimizer.
+COMMON_KEYS = ("quantize",)
+
+
+def check_value(name: str, value: Any, *, positive: bool = True) -> float:
+    """Validate an annealed strength (``mu``/``beta``): a finite positive real."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, Tensor) and value.numel() == 1:
+            value = value.item()
+        else:
+            raise TypeError(f"Invalid {name}: {value!r} (expected a positive float)")
+    value = float(value)
+    if not math.isfinite(value) or (positive and value <= 0.0):
+        raise ValueError(f"Invalid {name}: {value} (expected a finite positive float)")
+    return value
+
+
+def _check_param(p: Any, where: str) -> None:
+    if not isinstance(p, Tensor):
+        raise TypeError(f"Invalid parameter in {where}: expected a torch.Tensor, got {type(p).__name__}")
+    if not p.is_floating_point() or p.is_complex():
+        raise TypeError(f"Invalid parameter in {where}: dtype {p.dtype} (proxopt needs real floating tensors)")
+    if not p.is_leaf:
+        raise ValueError(f"Invalid parameter in {where}: it is not a leaf tensor")
+
+
+class WrappedOptimizer(Optimizer):
+    """An optimizer whose numerical update is a wrapped ``base`` optimizer.
+
+    The outer param groups hold every hyper-parameter (proxopt's and the
+    base's); before each step the base optimizer's groups are synced from
+    them, so ``torch.optim.lr_scheduler`` schedulers work unchanged.
+
+    Subclasses set :attr:`own_defaults` and implement :meth:`_base_params`
+    (the tensors the base optimizer updates for a group),
+    :meth:`_normalize_group` and the step.
+    """
+
+    #: proxopt's own group keys and their defaults (subclasses extend).
+    own_defaults: Dict[str, Any] = {"quantize": True}
+    #: the annealed key (``"mu"`` or ``"beta"``) or None.
+    anneal_key: Optional[str] = None
+
+    def __init__(self, params: Any, base: Type[Optimizer], own: Dict[str, Any], base_kwargs: Dict[str, Any]) -> None:
+        if not (isinstance(base, type) and issubclass(base, Optimizer)):
+            raise TypeError(f"Invalid base: {base!r} (expected a torch.optim.Optimizer subclass, e.g. torch.optim.Adam)")
+        if isinstance(params, Tensor):
+            raise TypeError("params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                            f"but got {torch.typename(params)}")
+        self._base_cls = base
+        self._base_kwargs = dict(base_kwargs)
+        self._building = True
+        super().__init__(params, dict(own))
+        self._building = False
+        inner_groups = [self._inner_group(g) for g in self.param_groups]
+        self.base_optimizer: Optimizer = base(inner_groups, **self._base_kwargs)
+        for key, val in self.base_optimizer.defaults.items():
+            self.defaults.setdefault(key, val)
+        for g, ig in zip(self.param_groups, self.base_optimizer.param_groups):
+            for key, val in ig.items():
+                if key != "params":
+                    g.setdefault(key, val)
+        self._after_init()
+
+    # ------------------------------------------------------------------ groups
+    def _own_keys(self) -> Tuple[str, ...]:
+        return tuple(self.own_defaults)
+
+    def _normalize_group(self, group: Dict[str, Any]) -> None:
+        """Validate and canonicalize proxopt's keys of ``group`` (in place)."""
+        q = group.get("quantize", True)
+        if not isinstance(q, bool):
+            raise TypeError(f"Invalid quantize: {q!r} (expected True or False)")
+
+    def _base_params(self, group: Dict[str, Any]) -> List[Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _inner_group(self, group: Dict[str, Any]) -> Dict[str, Any]:
+        own = set(self._own_keys())
+        inner = {k: v for k, v in group.items() if k not in own and k != "params"}
+        inner["params"] = self._base_params(group)
+        return inner
+
+    def _after_init(self) -> None:
+        """Hook run once the base optimizer exists."""
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """Add a group (as :meth:`torch.optim.Optimizer.add_param_group`) to both optimizers."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"Invalid param_group: {type(param_group).__name__} (expected a dict)")
+        params = param_group["params"]
+        plist = [params] if isinstance(params, Tensor) else list(params)
+        for i, p in enumerate(plist):
+            _check_param(p, f"param group {len(self.param_groups)}, parameter {i}")
+        group = dict(param_group)
+        group["params"] = plist
+        for key in self.own_defaults:
+            group.setdefault(key, self.defaults[key])
+        self._normalize_group(group)
+        super().add_param_group(group)
+        if not self._building:
+            g = self.param_groups[-1]
+            for key, val in self.base_optimizer.defaults.items():
+                g.setdefault(key, val)
+            self._init_group(g)
+            self.base_optimizer.add_param_group(self._inner_group(g))
+            self._group_added(g)
+
+    def _init_group(self, group: Dict[str, Any]) -> None:
+        """Create per-parameter state for a new group (latents)."""
+
+    def _group_added(self, group: Dict[str, Any]) -> None:
+        """Hook after a group was added to the base optimizer."""
+
+    def _sync(self) -> None:
+        own = set(self._own_keys())
+        for g, ig in zip(self.param_groups, self.base_optimizer.param_groups):
+            for key in ig:
+                if key != "params" and key not in own and key in g:
+                    ig[key] = g[key]
+
+    def _check_grads(self) -> None:
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                g = p.grad
+                if g is None:
+                    continue
+                if g.is_sparse:
+                    raise ValueError(f"Invalid gradient: parameter {pi} of group {gi} has a sparse gradient, "
+                                     "which proxopt does not support")
+
+    # ------------------------------------------------------------- state dict
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_transform_cache", None)
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_transform_cache", {})
+        super().__setstate__({"defaults": self.defaults, "state": self.state, "param_groups": self.param_groups})
+
+    def _identity(self) -> Dict[str, Any]:
+        return {"optimizer": type(self).__name__, "base": self._base_cls.__name__}
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Outer state (latents, per-parameter extras), groups, the base state and identity."""
+        sd = super().state_dict()
+        sd["base"] = self.base_optimizer.state_dict()
+        sd["proxopt"] = self._identity()
+        return sd
+
+    def _validate_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        if not isinstance(state_dict, dict) or "param_groups" not in state_dict or "state" not in state_dict:
+            raise ValueError(f"Invalid state_dict: expected the dict returned by {type(self).__name__}.state_dict()")
+        ident = state_dict.get("proxopt")
+        if ident != self._identity():
+            raise ValueError(f"Invalid state_dict: it was saved by {ident!r}, this optimizer is {self._identity()!r}")
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"Invalid state_dict: it has {len(groups)} param groups, the optimizer has "
+                             f"{len(self.param_groups)}")
+        for gi, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"Invalid state_dict: group {gi} has {len(saved['params'])} parameters, "
+                                 f"the optimizer's has {len(group['params'])}")
+            for key in self._structural_keys():
+                if saved.get(key) != group.get(key):
+                    raise ValueError(f"Invalid state_dict: group {gi} was saved with {key}={saved.get(key)!r}, "
+                                     f"the optimizer has {key}={group.get(key)!r}")
+        base = state_dict.get("base")
+        if not isinstance(base, dict) or len(base.get("param_groups", ())) != len(self.param_groups):
+            raise ValueError("Invalid state_dict: missing or mismatched base optimizer state")
+
+    def _structural_keys(self) -> Tuple[str, ...]:
+        """Group keys that must match for a state dict to load (the configuration)."""
+        return ("quantize",)
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Load a state dict saved by the same optimizer configuration.
+
+        Raises ``ValueError`` (and changes nothing) for one saved by another
+        optimizer, base optimizer, group layout, quantizer or latent shape.
+        """
+        self._validate_state_dict(state_dict)
+        outer = {k: v for k, v in state_dict.items() if k not in ("base", "proxopt")}
+        self._load(outer, state_dict["base"])
+
+    def _load(self, outer: Dict[str, Any], base: Dict[str, Any]) -> None:
+        super().load_state_dict(outer)
+        self.base_optimizer.load_state_dict(base)
+        self._sync()
+
+    # -------------------------------------------------------------- utilities
+    def _quantized_groups(self) -> Iterator[Tuple[int, Dict[str, Any]]]:
+        for gi, g in enumerate(self.param_groups):
+            if g["quantize"]:
+                yield gi, g
+
+    def finalize(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _write_hard(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @contextmanager
+    def hard(self) -> Iterator["WrappedOptimizer"]:
+        """Temporarily write exactly quantized weights into the model.
+
+        Inside the block every quantized parameter holds its hard level
+        (``sign`` with ``sign(0) = +1``, nearest level, argmax); on exit the
+        training weights are restored bit for bit.
+
+        Example:
+            >>> import proxopt, torch
+            >>> lin = torch.nn.Linear(3, 2)
+            >>> opt = proxopt.optimizer("md-tanh-s", lin.parameters(), lr=0.1)
+            >>> with opt.hard():
+            ...     bool(lin.weight.abs().eq(1).all())
+            True
+        """
+        saved = [(p, p.detach().clone()) for _, g in self._quantized_groups() for p in g["params"]]
+        try:
+            self._write_hard()
+            yield self
+        finally:
+            with torch.no_grad():
+                for p, val in saved:
+                    p.copy_(val)
+
+
+class LatentOptimizer(WrappedOptimizer):
+    """The latent-weight engine: ``w = F(theta)`` in the model, ``theta`` in the state.
+
+    Subclasses provide :meth:`_transform` (the (F, B) pair of a group) and
+    their group keys. See the module docstring for the update.
+    """
+
+    anneal_key = "mu"
+
+    def __init__(self, params: Any, base: Type[Optimizer], own: Dict[str, Any], base_kwargs: Dict[str, Any]) -> None:
+        self._transform_cache: Dict[str, Transform] = {}
+        self._projected: Dict[int, float] = {}
+        super().__init__(params, base, own, base_kwargs)
+
+    # ----------------------------------------------------------------- groups
+    def _transform_key(self, group: Dict[str, Any]) -> Tuple[Any, ...]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _build_transform(self, group: Dict[str, Any]) -> Transform:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _transform(self, group: Dict[str, Any]) -> Transform:
+        key = repr(self._transform_key(group))
+        tr = self._transform_cache.get(key)
+        if tr is None:
+            tr = self._build_transform(group)
+            self._transform_cache[key] = tr
+        return tr
+
+    def _normalize_group(self, group: Dict[str, Any]) -> None:
+        super()._normalize_group(group)
+        k = self.anneal_key
+        group[k] = check_value(k, group[k])  # type: ignore[index]
+
+    def _structural_keys(self) -> Tuple[str, ...]:
+        return ("quantize",) + tuple(k for k in self.own_defaults if k not in ("quantize", self.anneal_key))
+
+    def _init_group(self, group: Dict[str, Any]) -> None:
+        if not group["quantize"]:
+            return
+        tr = self._transform(group)
+        for p in group["params"]:
+            st = self.state[p]
+            if "latent" not in st:
+                st["latent"] = tr.init_latent(p)
+
+    def _base_params(self, group: Dict[str, Any]) -> List[Tensor]:
+        if not group["quantize"]:
+            return list(group["params"])
+        self._init_group(group)
+        return [self.state[p]["latent"] for p in group["params"]]
+
+    def _after_init(self) -> None:
+        self._project_all()
+
+    def _group_added(self, group: Dict[str, Any]) -> None:
+        self._project_all()
+
+    # ------------------------------------------------------------- projection
+    def latents(self, group: Dict[str, Any]) -> List[Tensor]:
+        """The latents ``theta`` of a quantized group, in parameter order."""
+        return [self.state[p]["latent"] for p in group["params"]]
+
+    @torch.no_grad()
+    def _project(self, gi: int, group: Dict[str, Any], only: Optional[List[bool]] = None) -> None:
+        tr = self._transform(group)
+        v = group[self.anneal_key]
+        for i, p in enumerate(group["params"]):
+            if only is not None and not only[i]:
+                continue
+            p.copy_(tr.forward(self.state[p]["latent"], v))
+        self._projected[gi] = v
+
+    @torch.no_grad()
+    def _refresh(self, gi: int, group: Dict[str, Any]) -> None:
+        """Restore the invariant ``p = F_v(theta)`` after ``v`` changed.
+
+        The stable form re-projects the kept latents; the primal form keeps
+        the primal point and recomputes the latents from it first.
+        """
+        v = group[self.anneal_key]
+        old = self._projected.get(gi)
+        if old == v:
+            return
+        check_value(self.anneal_key, v)  # type: ignore[arg-type]
+        tr = self._transform(group)
+        if tr.primal and old is not None:
+            for p in group["params"]:
+                theta = self.state[p]["latent"]
+                theta.copy_(tr.reencode(theta, old, v))
+        self._project(gi, group)
+
+    def refresh(self) -> None:
+        """Re-establish ``model = F(theta)`` after ``mu``/``beta`` changed (schedulers call this)."""
+        for gi, g in self._quantized_groups():
+            self._refresh(gi, g)
+
+    def _project_all(self) -> None:
+        self._projected.clear()
+        for gi, g in self._quantized_groups():
+            self._project(gi, g)
+
+    # ------------------------------------------------------------------- step
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+        """One step: latent gradients ``B'(theta) * p.grad``, base step on ``theta``, ``p = F(theta)``.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (optional).
+
+        Raises:
+            ValueError: for sparse gradients or an invalid ``mu``/``beta``;
+                nothing has changed then.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._check_grads()
+        for gi, g in self._quantized_groups():
+            check_value(self.anneal_key, g[self.anneal_key])  # type: ignore[arg-type]
+        self._sync()
+        stepped: List[Tuple[int, Dict[str, Any], List[bool]]] = []
+        for gi, group in self._quantized_groups():
+            self._refresh(gi, group)
+            tr = self._transform(group)
+            v = group[self.anneal_key]
+            has = []
+            for p in group["params"]:
+                theta = self.state[p]["latent"]
+                g = p.grad
+                if g is None:
+                    theta.grad = None
+                    has.append(False)
+                    continue
+                if g.dtype != theta.dtype:
+                    g = g.to(theta.dtype)
+                if tr.primal:
+                    theta.copy_(tr.reencode(theta, v, v))
+                theta.grad = tr.backward(theta, g, v)
+                has.append(True)
+            stepped.append((gi, group, has))
+        try:
+            self.base_optimizer.step()
+        finally:
+            for _, group, _ in stepped:
+                for p in group["params"]:
+                    self.state[p]["latent"].grad = None
+        for gi, group, has in stepped:
+            self._project(gi, group, has)
+        return loss
+
+    # ------------------------------------------------------------ hard / final
+    @torch.no_grad()
+    def _write_hard(self) -> None:
+        for _, group in self._quantized_groups():
+            tr = self._transform(group)
+            for p in group["params"]:
+                p.copy_(tr.hard(self.state[p]["latent"]))
+
+    def finalize(self) -> None:
+        """Write exactly quantized weights into the model for good.
+
+        Each quantized parameter becomes ``hard(theta)``: ``sign`` with
+        ``sign(0) = +1``, the nearest level, or the level at the dual's
+        argmax. The latents stay in the state; a later :meth:`step` resumes
+        soft training from them.
+        """
+        self._write_hard()
+
+    # ------------------------------------------------------------- state dict
+    def _validate_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super()._validate_state_dict(state_dict)
+        saved_state = state_dict["state"]
+        for gi, (saved, group) in enumerate(zip(state_dict["param_groups"], self.param_groups)):
+            check_value(self.anneal_key, saved.get(self.anneal_key, 1.0))  # type: ignore[arg-type]
+            for pi, (sid, p) in enumerate(zip(saved["params"], group["params"])):
+                if not group["quantize"]:
+                    continue
+                entry = saved_state.get(sid)
+                lat = None if entry is None else entry.get("latent")
+                if not isinstance(lat, Tensor):
+                    raise ValueError(f"Invalid state_dict: no latent for parameter {pi} of group {gi}")
+                mine = self.state[p]["latent"]
+                if lat.shape != mine.shape:
+                    raise ValueError(f"Invalid state_dict: latent of parameter {pi} of group {gi} has shape "
+                                     f"{tuple(lat.shape)}, expected {tuple(mine.shape)}")
+                if not torch.isfinite(lat).all():
+                    raise ValueError(f"Invalid state_dict: latent of parameter {pi} of group {gi} is not finite")
+
+    def _load(self, outer: Dict[str, Any], base: Dict[str, Any]) -> None:
+        latents_by_id: Dict[Any, Tensor] = {}
+        state = {}
+        for sid, entry in outer["state"].items():
+            entry = dict(entry)
+            lat = entry.pop("latent", None)
+            if lat is not None:
+                latents_by_id[sid] = lat
+            state[sid] = entry
+        mine = [[self.state[p].get("latent") for p in g["params"]] for g in self.param_groups]
+        ids = [list(g["params"]) for g in outer["param_groups"]]
+        outer = dict(outer, state=state)
+        Optimizer.load_state_dict(self, outer)
+        self.base_optimizer.load_state_dict(base)
+        with torch.no_grad():
+            for group, gl, gids in zip(self.param_groups, mine, ids):
+                for p, theta, sid in zip(group["params"], gl, gids):
+                    if theta is None:
+                        continue
+                    theta.copy_(latents_by_id[sid])
+                    self.state[p]["latent"] = theta
+        self._sync()
+        self._project_all()

@@ -1,0 +1,141 @@
+"""ProxQuant (THEORY.md §4).
+
+References:
+    [PQ] Bai, Wang, Liberty. ProxQuant: Quantized Neural Networks via
+    Proximal Operators. ICLR 2019.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ..levels import make_levels, nearest
+from .engine import WrappedOptimizer, check_value
+
+__all__ = ["ProxQuant", "prox_to_levels"]
+
+
+def prox_to_levels(x: Tensor, levels: Tuple[float, ...], amount: float) -> Tensor:
+    """Prox of ``amount * R`` with ``R(x) = |x - round_Q(x)|``, then clip to ``[q_1, q_d]``.
+
+    .. math:: \\operatorname{prox}(x) = q + \\operatorname{sign}(x - q)\\max(0, |x - q| - \\lambda),
+              \\quad q = \\operatorname{round}_Q(x)
+
+    Each entry moves toward its nearest level by ``amount`` without
+    overshooting it (soft threshold around the levels) [PQ].
+
+    Example:
+        >>> prox_to_levels(torch.tensor([0.5, -0.95, 1.5]), (-1.0, 1.0), 0.1)
+        tensor([ 0.6000, -1.0000,  1.0000])
+    """
+    x = x.clamp(levels[0], levels[-1])
+    q = nearest(x, levels)
+    d = x - q
+    return q + torch.sign(d) * (d.abs() - amount).clamp_min(0.0)
+
+
+class ProxQuant(WrappedOptimizer):
+    """ProxQuant: a base step on the soft weights, then the prox of the W-shaped regularizer.
+
+    .. math::
+        \\theta \\leftarrow \\operatorname{prox}_{\\eta \\lambda_t R}\\big(
+        \\mathrm{BaseStep}(\\theta, \\nabla f(\\theta))\\big),\\qquad
+        R(\\theta) = \\|\\theta - \\operatorname{round}_Q(\\theta)\\|_1,\\qquad
+        \\lambda_t = \\lambda\\, t
+
+    There is no separate latent: the model holds ``theta`` (soft) and the
+    gradient is taken at ``theta``. ``eta`` is the group's current ``lr`` and
+    ``t`` the parameter's step count. At step ``freeze_at`` (if given) the
+    weights are set to ``round_Q(theta)`` and kept there (the official code
+    freezes at epoch 200 of 300). ``mu`` is the group key for ``lambda``
+    (``reg``), so :class:`proxopt.AnnealScheduler` can scale it too.
+
+    Args:
+        params: parameters or param groups (``mu``, ``levels``, ``freeze_at``,
+            ``quantize`` and base hyper-parameters per group).
+        reg: ``lambda``, the growth of the regularization per step
+            (default 1e-4).
+        levels: level set (default binary).
+        freeze_at: step at which to round and freeze, or None.
+        base: base optimizer class (default Adam).
+        **base_kwargs: passed to ``base``.
+
+    Example:
+        >>> import torch, proxopt
+        >>> w = torch.nn.Parameter(torch.tensor([0.5, -0.2]))
+        >>> opt = proxopt.ProxQuant([w], reg=1.0, lr=0.1, base=torch.optim.SGD)
+        >>> w.grad = torch.zeros(2); _ = opt.step(); w.data
+        tensor([ 0.6000, -0.1000])
+
+    References:
+        [PQ] Bai et al., ICLR 2019.
+    """
+
+    anneal_key = "mu"
+    own_defaults: Dict[str, Any] = {"quantize": True, "mu": 1e-4, "levels": [-1.0, 1.0], "freeze_at": None}
+
+    def __init__(self, params: Any, reg: float = 1e-4, levels: Any = "binary", freeze_at: Optional[int] = None,
+                 base: Type[Optimizer] = torch.optim.Adam, **base_kwargs: Any) -> None:
+        if "mu" in base_kwargs:
+            reg = base_kwargs.pop("mu")
+        own = {"quantize": True, "mu": reg, "levels": list(make_levels(levels)), "freeze_at": freeze_at}
+        super().__init__(params, base, own, base_kwargs)
+
+    def _normalize_group(self, group: Dict[str, Any]) -> None:
+        super()._normalize_group(group)
+        group["mu"] = check_value("reg", group["mu"], positive=False)
+        if group["mu"] < 0:
+            raise ValueError(f"Invalid reg: {group['mu']} (expected a non-negative float)")
+        group["levels"] = list(make_levels(group["levels"]))
+        fa = group["freeze_at"]
+        if fa is not None and (isinstance(fa, bool) or not isinstance(fa, int) or fa < 1):
+            raise ValueError(f"Invalid freeze_at: {fa!r} (expected a positive int or None)")
+
+    def _structural_keys(self) -> Tuple[str, ...]:
+        return ("quantize", "levels")
+
+    def _base_params(self, group: Dict[str, Any]) -> List[Tensor]:
+        return list(group["params"])
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+        """Base step on the weights, then the prox toward the levels (and the freeze)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._check_grads()
+        for _, g in self._quantized_groups():
+            check_value("reg", g["mu"], positive=False)
+        self._sync()
+        had = [[p.grad is not None for p in g["params"]] for g in self.param_groups]
+        self.base_optimizer.step()
+        for gi, group in self._quantized_groups():
+            levels = tuple(group["levels"])
+            lr = group.get("lr", 1.0)
+            lr = float(lr.item()) if isinstance(lr, Tensor) else float(lr)
+            for p, h in zip(group["params"], had[gi]):
+                if not h:
+                    continue
+                st = self.state[p]
+                t = int(st.get("prox_step", 0)) + 1
+                st["prox_step"] = t
+                fa = group["freeze_at"]
+                if fa is not None and t >= fa:
+                    p.copy_(nearest(p, levels))
+                else:
+                    p.copy_(prox_to_levels(p, levels, lr * group["mu"] * t))
+        return loss
+
+    @torch.no_grad()
+    def _write_hard(self) -> None:
+        for _, group in self._quantized_groups():
+            for p in group["params"]:
+                p.copy_(nearest(p, tuple(group["levels"])))
+
+    def finalize(self) -> None:
+        """Round every quantized weight to its nearest level (``sign(0) = +1``) for good."""
+        self._write_hard()

@@ -1,0 +1,118 @@
+"""The (F, B) pairs the latent-weight engine runs (THEORY.md §2, §5).
+
+A transform tells the engine, for one param group, how latents map to
+weights and how weight gradients map back to latent gradients:
+
+* ``init_latent(p)`` — ``theta_0`` from the parameter's initial value,
+* ``forward(theta, v)`` — ``w = F_v(theta)``, written into the model,
+* ``backward(theta, g, v)`` — ``grad_theta`` from ``g = grad_w f``; it
+  returns ``g`` itself when ``B' = 1`` so the engine can alias it,
+* ``hard(theta)`` — exact levels,
+* ``primal`` / ``reencode`` — the primal (non-"-S") mirror-descent form
+  keeps the primal point (``w``, or the simplex point ``u`` for softmax) and
+  recomputes ``theta = P_v^{-1}(w)`` from it before every step and whenever
+  ``v`` changes.
+
+Transforms are built from primitive group entries and know nothing about
+optimizers; quantizers and mirror maps know nothing about transforms.
+
+References:
+    [PC++] Lu et al., NeurIPS 2023. [MD] Ajanthan et al., AISTATS 2021.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import mirror_maps as mm
+from .. import quantizers as qz
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def latent_dtype(p: Tensor) -> torch.dtype:
+    """fp32 latents for fp16/bf16 parameters, the parameter's dtype otherwise."""
+    return torch.float32 if p.dtype in LOW_PRECISION else p.dtype
+
+
+class Transform:
+    """Interface of an (F, B) pair; see the module docstring."""
+
+    primal = False
+    unit_backward = False
+    levels: Optional[Tuple[float, ...]] = None
+
+    def init_latent(self, p: Tensor) -> Tensor:
+        return p.detach().to(latent_dtype(p), copy=True)
+
+    def forward(self, theta: Tensor, v: float) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, theta: Tensor, g: Tensor, v: float) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def hard(self, theta: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reencode(self, theta: Tensor, old: float, new: float) -> Tensor:  # pragma: no cover - primal only
+        raise NotImplementedError
+
+
+class QuantizerPair(Transform):
+    """ProxConnect++: ``w = F_mu(theta)``, ``grad_theta = B'_mu(theta) * g`` [PC++]."""
+
+    def __init__(self, forward: qz.Quantizer, backward: qz.Quantizer) -> None:
+        self.F = forward
+        self.B = backward
+        self.unit_backward = backward.unit_derivative
+        self.levels = forward.levels
+
+    def forward(self, theta: Tensor, v: float) -> Tensor:
+        return self.F.value(theta, v)
+
+    def backward(self, theta: Tensor, g: Tensor, v: float) -> Tensor:
+        if self.unit_backward:
+            return g
+        return self.B.derivative(theta, v).mul_(g)
+
+    def hard(self, theta: Tensor) -> Tensor:
+        return self.F.hard(theta)
+
+
+class MirrorPair(Transform):
+    """Mirror descent: ``F = P_beta``, ``B' = 1`` (stable or primal form) [MD].
+
+    With ``exact_gradient=True`` the Jacobian of ``P_beta`` is applied
+    (``B' = dP/dtheta``): the GD-tanh baseline, not mirror descent.
+    """
+
+    def __init__(self, mirror_map: mm.MirrorMap, stable: bool = True, exact_gradient: bool = False) -> None:
+        self.map = mirror_map
+        self.primal = not stable
+        self.exact = exact_gradient
+        self.multi = mirror_map.dual_size is not None
+        self.unit_backward = not exact_gradient and not self.multi
+        self.levels = mirror_map.levels
+
+    def init_latent(self, p: Tensor) -> Tensor:
+        return self.map.init_dual(p.detach().to(latent_dtype(p)))
+
+    def forward(self, theta: Tensor, v: float) -> Tensor:
+        return self.map.to_primal(theta, v)
+
+    def backward(self, theta: Tensor, g: Tensor, v: float) -> Tensor:
+        if self.exact:
+            d = self.map.primal_derivative(theta, v)
+            return d.mul_(g.unsqueeze(-1)) if self.multi else d.mul_(g)
+        return self.map.primal_grad_to_dual(theta, g)
+
+    def hard(self, theta: Tensor) -> Tensor:
+        return self.map.hard(theta)
+
+    def reencode(self, theta: Tensor, old: float, new: float) -> Tensor:
+        """``P_new^{-1}(P_old(theta))``: the dual recomputed from the kept primal point."""
+        m = self.map
+        point = m.to_simplex(theta, old) if self.multi else m.to_primal(theta, old)  # type: ignore[attr-defined]
+        return m.to_dual(point, new)

@@ -1,0 +1,446 @@
+"""Forward and backward quantizers of the ProxConnect family.
+
+A quantizer is a scalar map applied elementwise. As a *forward* quantizer
+``F_mu`` it gives the weights the model runs with, ``w = F_mu(theta)``; as a
+*backward* quantizer ``B_mu`` only its derivative is used, to transform the
+gradient: ``grad_theta = B'_mu(theta) * grad_w`` (THEORY.md §2).
+
+Every quantizer has
+
+* ``value(theta, mu)`` — the map itself,
+* ``derivative(theta, mu)`` — its (a.e.) derivative,
+* ``hard(theta)`` — exact rounding to its level set (``sign`` with
+  ``sign(0) = +1`` for binary),
+* ``levels`` — the level set, or ``None`` for :class:`Identity`,
+* ``config()`` — primitives that rebuild it through :func:`get`.
+
+Quantizers that do not use ``mu`` accept and ignore it. Quantizers are pure:
+they hold no state and know nothing about optimizers.
+
+References:
+    [BC] Courbariaux et al., NeurIPS 2015. [BNN] Hubara et al., NeurIPS 2016.
+    [BNN+] Darabi et al., 2018. [PC] Dockhorn et al., NeurIPS 2021.
+    [PC++] Lu et al., NeurIPS 2023. Bi-Real Net (ApproxSign): Liu et al.,
+    ECCV 2018.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .levels import BINARY, LevelsSpec, levels_tensor, make_levels, nearest, nearest_index
+
+__all__ = [
+    "Quantizer",
+    "Identity",
+    "Sign",
+    "Clip",
+    "Tanh",
+    "SignSwish",
+    "ApproxSign",
+    "LinearProx",
+    "linear_prox",
+    "sign_swish",
+    "sign_swish_derivative",
+    "get",
+    "available",
+]
+
+
+class Quantizer:
+    """Base class: an elementwise map ``F_mu`` with its derivative and hard rounding.
+
+    Subclasses implement :meth:`value` and :meth:`derivative`. ``hard`` rounds
+    ``theta`` to the nearest level (ties to the larger one, THEORY.md §3).
+
+    Attributes:
+        name: the registry name (``get(name, **config)`` rebuilds it).
+        unit_derivative: ``True`` when ``derivative`` is identically 1, so an
+            optimizer may pass gradients through without a multiply.
+        uses_mu: whether ``mu`` changes the map.
+        levels: the sorted level set, or ``None`` (no rounding).
+
+    References:
+        THEORY.md §2–§3; [PC++] Lu et al., NeurIPS 2023.
+    """
+
+    name = "quantizer"
+    unit_derivative = False
+    uses_mu = False
+
+    def __init__(self, levels: Optional[LevelsSpec] = "binary") -> None:
+        self.levels: Optional[Tuple[float, ...]] = None if levels is None else make_levels(levels)
+
+    def value(self, theta: Tensor, mu: float = 1.0) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def derivative(self, theta: Tensor, mu: float = 1.0) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def hard(self, theta: Tensor) -> Tensor:
+        """Nearest level of ``theta`` (ties → larger level); identity when ``levels`` is None."""
+        if self.levels is None:
+            return theta.clone()
+        return nearest(theta, self.levels)
+
+    def config(self) -> Dict[str, Any]:
+        """Primitive description: ``get(**config)`` rebuilds an equal quantizer."""
+        cfg: Dict[str, Any] = {"name": self.name}
+        if self.levels is not None and self.levels != BINARY:
+            cfg["levels"] = list(self.levels)
+        return cfg
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.config() == other.config()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash(repr(self.config()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+class Identity(Quantizer):
+    """``F(theta) = theta``, ``F' = 1``: no quantization (straight-through backward).
+
+    As a backward quantizer it gives BinaryConnect's straight-through
+    estimator ``B' = 1`` [BC]. ``hard`` is the identity unless ``levels`` is
+    given, in which case it rounds to the nearest level.
+
+    Example:
+        >>> Identity().value(torch.tensor([0.3]))
+        tensor([0.3000])
+    """
+
+    name = "identity"
+    unit_derivative = True
+
+    def __init__(self, levels: Optional[LevelsSpec] = None) -> None:
+        super().__init__(levels)
+
+    def value(self, theta: Tensor, mu: float = 1.0) -> Tensor:
+        return theta.clone()
+
+    def derivative(self, theta: Tensor, mu: float = 1.0) -> Tensor:
+        return torch.ones_like(theta)
+
+    def config(self) -> Dict[str, Any]:
+        cfg: Dict[str, Any] = {"name": self.name}
+        if self.levels is not None:
+            cfg["levels"] = list(self.levels)
+        return cfg
+
+
+class Sign(Quantizer):
+    """Hard rounding: ``F(theta) = sign(theta)`` with ``sign(0) = +1``; ``F' = 0`` a.e.
+
+    Over a general level set it is nearest-level rounding. It is the proximal
+    map of the indicator of ``Q`` for every ``mu`` [BC, PC].
+
+    Example:
+        >>> Sign().value(torch.tensor([-2.0, 0.0, 0.5]))
+        tensor([-1.,  1.,  1.])
+    """
+
+    name = "sign"
+
+    def value(self, theta: Tensor, mu: float = 1.0) -> Tensor:
+        return nearest(theta, self.levels)  # type: ignore[arg-type]
+
+    def derivative(self, theta: Tensor, mu: float = 1.0) -> Tensor:
+        return torch.zeros_like(theta)
+
+
+class Clip(Quantizer):
+    """``F(theta) = clip(theta, q_1, q_d)``, ``F' = 1{q_1 <= theta <= q_d}``.
+
+    As a backward quantizer this is BNN's hard-tanh straight-through
+    estimator ``B' = 1{|theta| <= 1}`` [BNN]. It is the proximal map of the
+    indicator of ``[q_1, q_d]``.
+
+    Example:
+        >>> Clip().derivative(torch.tensor([-2.0, 1.0, 0.5]))
+        tensor([0., 1., 1.])
+    """
+
+    name = "clip"
+
+    def value(self, theta: Tensor, mu: float = 1.0) -> Tensor:
+        lo, hi = self.levels[0], self.levels[-1]  # type: ignore[index]
+        return theta.clamp(lo, hi)
+
+    def derivative(self, theta: Tensor, mu: float = 1.0) -> Tensor:
+        lo, hi = self.levels[0], self.levels[-1]  # type: ignore[index]
+        return ((theta >= lo) & (theta <= hi)).to(theta.dtype)
+
+
+class Tanh(Quantizer):
+    """``F_mu(theta) = tanh(mu * theta)``, ``F'_mu = mu * (1 - tanh^2(mu * theta))``.
+
+    The forward map of GD-tanh / MD-tanh [MD]; tends to ``sign`` as
+    ``mu -> inf``. Binary only.
+
+    Example:
+        >>> Tanh().value(torch.tensor([0.0, 100.0]), mu=2.0)
+        tensor([0., 1.])
+    """
+
+    name = "tanh"
+    uses_mu = True
+
+    def __init__(self) -> None:
+        super().__init__("binary")
+
+    def value(self, theta: Tensor, mu: float = 1.0) -> Tensor:
+        return torch.tanh(theta * mu)
+
+    def derivative(self, theta: Tensor, mu: float = 1.0) -> Tensor:
+        t = torch.tanh(theta * mu)
+        return (1.0 - t * t) * mu
+
+    def config(self) -> Dict[str, Any]:
+        return {"name": self.name}
+
+
+def sign_swish(x: Tensor, mu: float = 1.0) -> Tensor:
+    """Sign-Swish ``SS_mu(x) = 2 sigma(mu x) [1 + mu x (1 - sigma(mu x))] - 1`` [BNN+].
+
+    Odd, ``SS_mu(0) = 0``, overshoots to about 1.1997 at ``mu x ≈ 2.40`` and
+    tends to ``sign`` pointwise as ``mu -> inf`` (THEORY.md §2).
+    """
+    z = x * mu
+    s = torch.sigmoid(z)
+    return 2.0 * s * (1.0 + z * (1.0 - s)) - 1.0
+
+
+def sign_swish_derivative(x: Tensor, mu: float = 1.0) -> Tensor:
+    """``SS'_mu(x) = mu [2 - mu x tanh(mu x / 2)] / [1 + cosh(mu x)]`` [BNN+].
+
+    Written as ``mu [2 - z tanh(z/2)] · sech^2(z/2) / 2`` with ``z = mu x``
+    (``1 + cosh z = 2 cosh^2(z/2)``), which does not overflow for large ``|z|``.
+    """
+    z = x * mu
+    t = torch.tanh(z / 2.0)
+    return (2.0 - z * t) * (1.0 - t * t) * (mu / 2.0)
+
+
+class SignSwish(Quantizer):
+    """Sign-Swish ``SS_mu`` and its derivative ``SS'_mu`` (THEORY.md §2) [BNN+, PC++].
+
+    ``SS'_mu(0) = mu``. As a backward quantizer with ``F = sign`` it is BNN+;
+    as both forward and backward it is BNN++ (exact gradient descent on
+    ``f(SS_mu(theta))``). ``hard`` is ``sign`` (``SS_mu`` keeps the sign).
+
+    Example:
+        >>> SignSwish().derivative(torch.tensor([0.0]), mu=5.0)
+        tensor([5.])
+    """
+
+    name = "signswish"
+    uses_mu = True
+
+    def __init__(self) -> None:
+        super().__init__("binary")
+
+    def value(self, theta: Tensor, mu: float = 1.0) -> Tensor:
+        return sign_swish(theta, mu)
+
+    def derivative(self, theta: Tensor, mu: float = 1.0) -> Tensor:
+        return sign_swish_derivative(theta, mu)
+
+    def config(self) -> Dict[str, Any]:
+        return {"name": self.name}
+
+
+class ApproxSign(Quantizer):
+    """Bi-Real Net's ApproxSign (THEORY.md §2, optional extra).
+
+    .. math::
+        F(x) = \\begin{cases} -1 & x < -1 \\\\ 2x + x^2 & -1 \\le x < 0 \\\\
+               2x - x^2 & 0 \\le x < 1 \\\\ 1 & x \\ge 1 \\end{cases},
+        \\qquad F'(x) = (2 - 2|x|)\\,1\\{|x| \\le 1\\}
+
+    Example:
+        >>> ApproxSign().value(torch.tensor([-0.5, 0.5, 3.0]))
+        tensor([-0.7500,  0.7500,  1.0000])
+    """
+
+    name = "approxsign"
+
+    def __init__(self) -> None:
+        super().__init__("binary")
+
+    def value(self, theta: Tensor, mu: float = 1.0) -> Tensor:
+        x = theta.clamp(-1.0, 1.0)
+        return 2.0 * x - x * x.abs()
+
+    def derivative(self, theta: Tensor, mu: float = 1.0) -> Tensor:
+        return (2.0 - 2.0 * theta.abs()).clamp_min(0.0)
+
+    def config(self) -> Dict[str, Any]:
+        return {"name": self.name}
+
+
+def linear_prox(theta: Tensor, levels: Tuple[float, ...], a: float, b: float) -> Tensor:
+    """The linear proximal quantizer over ``levels`` with dead zone ``a`` and jump ``b``.
+
+    THEORY.md §3 (our reconstruction of the PC paper's figure, not its
+    ``(rho, varrho)`` parameters). With gaps ``h`` and slope
+    ``s = (1 - b) / (1 - a)``, for ``theta`` clipped to ``[q_1, q_d]``, ``q`` its
+    nearest level (ties → larger) and ``d = theta - q``:
+
+    .. math:: F(\\theta) = q + \\operatorname{sign}(d)\\, s\\,
+              \\max(0, |d| - a h / 2)
+
+    where ``h`` is the gap on ``d``'s side of ``q``. Around each level the
+    output is flat on a dead zone of half-width ``a h / 2``; beside each
+    midpoint ``p`` it is ``p ∓ b h / 2``. ``a = b = 0`` is ``clip``; ``a -> 1``
+    hard rounding. It is monotone non-decreasing, hence a proximal map.
+
+    Args:
+        theta: input tensor.
+        levels: sorted levels.
+        a: dead-zone fraction in ``[0, 1]``.
+        b: jump fraction in ``[0, 1]``.
+
+    Example:
+        >>> linear_prox(torch.tensor([0.2, -0.9]), (-1.0, 1.0), 0.5, 0.5)
+        tensor([ 0.7000, -1.0000])
+
+    References:
+        [PC] Dockhorn et al., NeurIPS 2021; [PQ] Bai et al., ICLR 2019.
+    """
+    lo, hi = levels[0], levels[-1]
+    x = theta.clamp(lo, hi)
+    if a >= 1.0:
+        return nearest(x, levels)
+    s = (1.0 - b) / (1.0 - a)
+    if len(levels) == 2:
+        h = hi - lo
+        q = torch.where(x >= (lo + hi) / 2.0, hi, lo).to(x.dtype)
+        d = x - q
+        return q + torch.sign(d) * (d.abs() - a * h / 2.0).clamp_min(0.0) * s
+    lv = levels_tensor(levels, x)
+    idx = nearest_index(x, levels)
+    q = lv[idx]
+    d = x - q
+    gaps = torch.diff(lv)
+    right = torch.cat([gaps, gaps.new_zeros(1)])[idx]
+    left = torch.cat([gaps.new_zeros(1), gaps])[idx]
+    h = torch.where(d >= 0, right, left)
+    return q + torch.sign(d) * (d.abs() - a * h / 2.0).clamp_min(0.0) * s
+
+
+class LinearProx(Quantizer):
+    """ProxConnect's linear proximal quantizer, annealed by ``mu`` (THEORY.md §3).
+
+    ``value(theta, mu) = linear_prox(theta, levels, a, b)`` with dead zone
+    ``a = max(0, 1 - 1/mu)`` and jump ``b = jump * a``. So ``mu = 1`` is
+    ``clip`` (full precision inside the range), ``mu -> inf`` is hard rounding,
+    and for ``jump = 0`` the binary map is ``clip(mu * theta, -1, 1)`` (the
+    "linear" member; PARQ's ``clamp(theta / s)`` with ``s = 1/mu``). For
+    ``jump = 1`` it is ``sign(theta) min(|theta| + a, 1)``, the prox of
+    ``a * dist_1(w, Q)`` plus the box (ProxQuant's regularizer, clipped).
+
+    ``derivative`` is the ramp slope ``(1 - b)/(1 - a)`` where the map is
+    increasing and 0 elsewhere.
+
+    Args:
+        levels: level set (``"binary"``, ``"ternary"``, bits or list).
+        jump: ``b / a`` in ``[0, 1]``.
+
+    Example:
+        >>> LinearProx().value(torch.tensor([0.1, 0.6]), mu=2.0)
+        tensor([0.2000, 1.0000])
+
+    References:
+        [PC] Dockhorn et al., NeurIPS 2021.
+    """
+
+    name = "linearprox"
+    uses_mu = True
+
+    def __init__(self, levels: LevelsSpec = "binary", jump: float = 0.0) -> None:
+        super().__init__(levels)
+        if not isinstance(jump, (int, float)) or isinstance(jump, bool) or not 0.0 <= float(jump) <= 1.0:
+            raise ValueError(f"Invalid jump: {jump!r} (expected a float in [0, 1])")
+        self.jump = float(jump)
+
+    @staticmethod
+    def dead_zone(mu: float) -> float:
+        """``a = max(0, 1 - 1/mu)``: the dead-zone fraction reached at strength ``mu``."""
+        return max(0.0, 1.0 - 1.0 / mu) if math.isfinite(mu) else 1.0
+
+    def value(self, theta: Tensor, mu: float = 1.0) -> Tensor:
+        a = self.dead_zone(mu)
+        return linear_prox(theta, self.levels, a, self.jump * a)  # type: ignore[arg-type]
+
+    def derivative(self, theta: Tensor, mu: float = 1.0) -> Tensor:
+        a = self.dead_zone(mu)
+        if a >= 1.0:
+            return torch.zeros_like(theta)
+        b = self.jump * a
+        s = (1.0 - b) / (1.0 - a)
+        levels = self.levels
+        lo, hi = levels[0], levels[-1]  # type: ignore[index]
+        inside = (theta > lo) & (theta < hi)
+        lv = levels_tensor(levels, theta)  # type: ignore[arg-type]
+        idx = nearest_index(theta.clamp(lo, hi), levels)  # type: ignore[arg-type]
+        q = lv[idx]
+        d = theta - q
+        gaps = torch.diff(lv)
+        right = torch.cat([gaps, gaps.new_zeros(1)])[idx]
+        left = torch.cat([gaps.new_zeros(1), gaps])[idx]
+        h = torch.where(d >= 0, right, left)
+        ramp = d.abs() > a * h / 2.0
+        return (inside & ramp).to(theta.dtype) * s
+
+    def config(self) -> Dict[str, Any]:
+        cfg = super().config()
+        if self.jump:
+            cfg["jump"] = self.jump
+        return cfg
+
+
+_REGISTRY = {
+    cls.name: cls for cls in (Identity, Sign, Clip, Tanh, SignSwish, ApproxSign, LinearProx)
+}
+_ALIASES = {"ste": "identity", "sign_swish": "signswish", "swish": "signswish", "hardtanh": "clip",
+            "linear_prox": "linearprox", "approx_sign": "approxsign"}
+
+
+def available() -> Tuple[str, ...]:
+    """Names accepted by :func:`get`."""
+    return tuple(sorted(_REGISTRY))
+
+
+def get(spec: Any, **kwargs: Any) -> Quantizer:
+    """Build a quantizer from a name, a config dict or an instance (returned as is).
+
+    Example:
+        >>> get("linearprox", levels="ternary")
+        LinearProx(levels=[-1.0, 0.0, 1.0])
+        >>> get({"name": "sign"})
+        Sign()
+    """
+    if isinstance(spec, Quantizer):
+        if kwargs:
+            raise TypeError(f"Invalid quantizer arguments {kwargs!r} for an instance {spec!r}")
+        return spec
+    if isinstance(spec, dict):
+        cfg = dict(spec)
+        name = cfg.pop("name", None)
+        cfg.update(kwargs)
+        return get(name, **cfg)
+    if isinstance(spec, type) and issubclass(spec, Quantizer):
+        return spec(**kwargs)
+    if not isinstance(spec, str):
+        raise TypeError(f"Invalid quantizer: {spec!r} (expected a name, a config dict or a Quantizer)")
+    key = _ALIASES.get(spec.lower(), spec.lower())
+    if key not in _REGISTRY:
+        raise ValueError(f"Invalid quantizer: {spec!r}; valid names are {', '.join(available())}")
+    return _REGISTRY[key](**kwargs)
