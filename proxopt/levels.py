@@ -32,7 +32,7 @@ def make_levels(spec: LevelsSpec = "binary") -> Tuple[float, ...]:
     """Turn a level specification into a sorted tuple of distinct floats.
 
     ``"binary"`` → ``(-1, 1)``; ``"ternary"`` → ``(-1, 0, 1)``; an integer
-    ``k`` in 1..8 → the ``2**k`` levels ``-1 + 2 i / (2**k - 1)``; a sequence
+    ``k`` in 1..8 → the ``2**k`` levels ``(2 i - (2**k - 1)) / (2**k - 1)``; a sequence
     of at least two distinct finite floats → those levels, sorted.
 
     Args:
@@ -67,7 +67,7 @@ def make_levels(spec: LevelsSpec = "binary") -> Tuple[float, ...]:
         if not 1 <= k <= 8:
             raise ValueError(f"Invalid levels: {spec!r} (a bit width must be in 1..8)")
         n = 2 ** k
-        return tuple(-1.0 + 2.0 * i / (n - 1) for i in range(n))
+        return tuple((2.0 * i - (n - 1)) / (n - 1) for i in range(n))
     if isinstance(spec, Tensor):
         spec = spec.detach().cpu().tolist()
     if isinstance(spec, (list, tuple)):

@@ -77,6 +77,14 @@ class MirrorMap:
     def potential(self, w: Tensor, beta: float = 1.0) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def to_primal_into(self, theta: Tensor, beta: float, out: Tensor) -> Tensor:
+        """Write ``to_primal(theta, beta)`` into ``out`` (bit for bit; in place where possible)."""
+        return out.copy_(self.to_primal(theta, beta))
+
+    def primal_grad_into(self, theta: Tensor, g: Tensor, beta: float, out: Tensor) -> Tensor:
+        """Write ``primal_derivative(theta, beta) * g`` into ``out`` (scalar-dual maps)."""
+        return torch.mul(self.primal_derivative(theta, beta), g, out=out)
+
     def bregman(self, w: Tensor, v: Tensor, beta: float = 1.0) -> Tensor:
         """``D(w, v) = Phi(w) - Phi(v) - <grad Phi(v), w - v>`` (elementwise)."""
         return self.potential(w, beta) - self.potential(v, beta) - self.to_dual(v, beta) * (w - v)
@@ -136,6 +144,13 @@ class Tanh(MirrorMap):
     def to_primal(self, theta: Tensor, beta: float = 1.0) -> Tensor:
         return torch.tanh(theta * beta)
 
+    def to_primal_into(self, theta: Tensor, beta: float, out: Tensor) -> Tensor:
+        return torch.mul(theta, beta, out=out).tanh_()
+
+    def primal_grad_into(self, theta: Tensor, g: Tensor, beta: float, out: Tensor) -> Tensor:
+        t = torch.mul(theta, beta, out=out).tanh_()
+        return t.mul_(t).neg_().add_(1.0).mul_(beta).mul_(g)
+
     def to_dual(self, w: Tensor, beta: float = 1.0) -> Tensor:
         m = _below_one(w)
         return torch.atanh(w.clamp(-m, m)) / beta
@@ -181,6 +196,9 @@ class Linear(MirrorMap):
 
     def to_primal(self, theta: Tensor, beta: float = 1.0) -> Tensor:
         return (theta * beta).clamp(-1.0, 1.0)
+
+    def to_primal_into(self, theta: Tensor, beta: float, out: Tensor) -> Tensor:
+        return torch.mul(theta, beta, out=out).clamp_(-1.0, 1.0)
 
     def to_dual(self, w: Tensor, beta: float = 1.0) -> Tensor:
         return w / beta

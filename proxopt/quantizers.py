@@ -80,6 +80,20 @@ class Quantizer:
     def derivative(self, theta: Tensor, mu: float = 1.0) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def value_into(self, theta: Tensor, mu: float, out: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
+        """Write ``value(theta, mu)`` into ``out`` (same values bit for bit) and return ``out``.
+
+        The optimizers call this in their hot path; subclasses override it with
+        in-place kernels that allocate no temporaries. ``scratch`` is a
+        workspace of ``theta``'s shape that may be overwritten.
+        """
+        return out.copy_(self.value(theta, mu))
+
+    def grad_into(self, theta: Tensor, g: Tensor, mu: float, out: Tensor,
+                  scratch: Optional[Tensor] = None) -> Tensor:
+        """Write ``derivative(theta, mu) * g`` into ``out`` (bit for bit) and return ``out``."""
+        return torch.mul(self.derivative(theta, mu), g, out=out)
+
     def hard(self, theta: Tensor) -> Tensor:
         """Nearest level of ``theta`` (ties → larger level); identity when ``levels`` is None."""
         if self.levels is None:
@@ -128,6 +142,13 @@ class Identity(Quantizer):
     def derivative(self, theta: Tensor, mu: float = 1.0) -> Tensor:
         return torch.ones_like(theta)
 
+    def value_into(self, theta: Tensor, mu: float, out: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
+        return out.copy_(theta)
+
+    def grad_into(self, theta: Tensor, g: Tensor, mu: float, out: Tensor,
+                  scratch: Optional[Tensor] = None) -> Tensor:
+        return out.copy_(g)
+
     def config(self) -> Dict[str, Any]:
         cfg: Dict[str, Any] = {"name": self.name}
         if self.levels is not None:
@@ -154,6 +175,15 @@ class Sign(Quantizer):
     def derivative(self, theta: Tensor, mu: float = 1.0) -> Tensor:
         return torch.zeros_like(theta)
 
+    def value_into(self, theta: Tensor, mu: float, out: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
+        if self.levels == BINARY:  # 1{theta >= 0} * 2 - 1, in place: sign with sign(±0) = +1
+            return torch.ge(theta, 0.0, out=out).mul_(2.0).sub_(1.0)
+        return out.copy_(self.value(theta, mu))
+
+    def grad_into(self, theta: Tensor, g: Tensor, mu: float, out: Tensor,
+                  scratch: Optional[Tensor] = None) -> Tensor:
+        return out.zero_()
+
 
 class Clip(Quantizer):
     """``F(theta) = clip(theta, q_1, q_d)``, ``F' = 1{q_1 <= theta <= q_d}``.
@@ -176,6 +206,16 @@ class Clip(Quantizer):
     def derivative(self, theta: Tensor, mu: float = 1.0) -> Tensor:
         lo, hi = self.levels[0], self.levels[-1]  # type: ignore[index]
         return ((theta >= lo) & (theta <= hi)).to(theta.dtype)
+
+    def value_into(self, theta: Tensor, mu: float, out: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
+        return torch.clamp(theta, self.levels[0], self.levels[-1], out=out)  # type: ignore[index]
+
+    def grad_into(self, theta: Tensor, g: Tensor, mu: float, out: Tensor,
+                  scratch: Optional[Tensor] = None) -> Tensor:
+        lo, hi = self.levels[0], self.levels[-1]  # type: ignore[index]
+        if lo == -hi:  # 1{|theta| <= hi} * g without temporaries
+            return torch.abs(theta, out=out).le_(hi).mul_(g)
+        return super().grad_into(theta, g, mu, out, scratch)
 
 
 class Tanh(Quantizer):
@@ -202,6 +242,14 @@ class Tanh(Quantizer):
         t = torch.tanh(theta * mu)
         return (1.0 - t * t) * mu
 
+    def value_into(self, theta: Tensor, mu: float, out: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
+        return torch.mul(theta, mu, out=out).tanh_()
+
+    def grad_into(self, theta: Tensor, g: Tensor, mu: float, out: Tensor,
+                  scratch: Optional[Tensor] = None) -> Tensor:
+        t = torch.mul(theta, mu, out=out).tanh_()
+        return t.mul_(t).neg_().add_(1.0).mul_(mu).mul_(g)
+
     def config(self) -> Dict[str, Any]:
         return {"name": self.name}
 
@@ -209,23 +257,24 @@ class Tanh(Quantizer):
 def sign_swish(x: Tensor, mu: float = 1.0) -> Tensor:
     """Sign-Swish ``SS_mu(x) = 2 sigma(mu x) [1 + mu x (1 - sigma(mu x))] - 1`` [BNN+].
 
-    Odd, ``SS_mu(0) = 0``, overshoots to about 1.1997 at ``mu x ≈ 2.40`` and
-    tends to ``sign`` pointwise as ``mu -> inf`` (THEORY.md §2).
+    Computed as ``SS_mu(x) = t + (1 - t^2) x mu/2`` with ``t = tanh(mu x / 2)``
+    (``sigma(z) = (1 + tanh(z/2)) / 2``), which never overflows. Odd,
+    ``SS_mu(0) = 0``, overshoots to about 1.1997 at ``mu x ≈ 2.40`` and tends
+    to ``sign`` pointwise as ``mu -> inf`` (THEORY.md §2).
     """
-    z = x * mu
-    s = torch.sigmoid(z)
-    return 2.0 * s * (1.0 + z * (1.0 - s)) - 1.0
+    t = torch.tanh(x * (mu / 2.0))
+    return (1.0 - t * t) * x * (mu / 2.0) + t
 
 
 def sign_swish_derivative(x: Tensor, mu: float = 1.0) -> Tensor:
     """``SS'_mu(x) = mu [2 - mu x tanh(mu x / 2)] / [1 + cosh(mu x)]`` [BNN+].
 
-    Written as ``mu [2 - z tanh(z/2)] · sech^2(z/2) / 2`` with ``z = mu x``
-    (``1 + cosh z = 2 cosh^2(z/2)``), which does not overflow for large ``|z|``.
+    Computed as ``mu (1 - y t)(1 - t^2)`` with ``y = mu x / 2`` and
+    ``t = tanh(y)`` (``1 + cosh z = 2 cosh^2(z/2)``), which never overflows.
     """
-    z = x * mu
-    t = torch.tanh(z / 2.0)
-    return (2.0 - z * t) * (1.0 - t * t) * (mu / 2.0)
+    y = x * (mu / 2.0)
+    t = torch.tanh(y)
+    return (1.0 - y * t) * (1.0 - t * t) * mu
 
 
 class SignSwish(Quantizer):
@@ -251,6 +300,20 @@ class SignSwish(Quantizer):
 
     def derivative(self, theta: Tensor, mu: float = 1.0) -> Tensor:
         return sign_swish_derivative(theta, mu)
+
+    def value_into(self, theta: Tensor, mu: float, out: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
+        if scratch is None:
+            return out.copy_(self.value(theta, mu))
+        t = torch.mul(theta, mu / 2.0, out=scratch).tanh_()
+        return torch.mul(t, t, out=out).neg_().add_(1.0).mul_(theta).mul_(mu / 2.0).add_(t)
+
+    def grad_into(self, theta: Tensor, g: Tensor, mu: float, out: Tensor,
+                  scratch: Optional[Tensor] = None) -> Tensor:
+        if scratch is None:
+            return super().grad_into(theta, g, mu, out)
+        t = torch.mul(theta, mu / 2.0, out=scratch).tanh_()
+        torch.mul(theta, mu / 2.0, out=out).mul_(t).neg_().add_(1.0)
+        return out.mul_(t.mul_(t).neg_().add_(1.0)).mul_(mu).mul_(g)
 
     def config(self) -> Dict[str, Any]:
         return {"name": self.name}
@@ -319,6 +382,8 @@ def linear_prox(theta: Tensor, levels: Tuple[float, ...], a: float, b: float) ->
     if a >= 1.0:
         return nearest(x, levels)
     s = (1.0 - b) / (1.0 - a)
+    if levels == BINARY and b == 0.0:  # the "linear" member: clip(s * theta, -1, 1)
+        return (theta * s).clamp(-1.0, 1.0)
     if len(levels) == 2:
         h = hi - lo
         q = torch.where(x >= (lo + hi) / 2.0, hi, lo).to(x.dtype)
@@ -378,6 +443,12 @@ class LinearProx(Quantizer):
     def value(self, theta: Tensor, mu: float = 1.0) -> Tensor:
         a = self.dead_zone(mu)
         return linear_prox(theta, self.levels, a, self.jump * a)  # type: ignore[arg-type]
+
+    def value_into(self, theta: Tensor, mu: float, out: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
+        a = self.dead_zone(mu)
+        if self.levels == BINARY and self.jump == 0.0 and a < 1.0:
+            return torch.mul(theta, 1.0 / (1.0 - a), out=out).clamp_(-1.0, 1.0)
+        return out.copy_(self.value(theta, mu))
 
     def derivative(self, theta: Tensor, mu: float = 1.0) -> Tensor:
         a = self.dead_zone(mu)

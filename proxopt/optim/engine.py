@@ -24,8 +24,8 @@ References:
 """
 from __future__ import annotations
 
-import copy
 import math
+import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Type
 
@@ -35,7 +35,28 @@ from torch.optim import Optimizer
 
 from .transforms import Transform
 
-__all__ = ["WrappedOptimizer", "LatentOptimizer", "check_value"]
+__all__ = ["WrappedOptimizer", "LatentOptimizer", "check_value", "scale_of"]
+
+SCALES = (None, "tensor", "channel")
+
+
+def scale_of(theta: Tensor, mode: str) -> Tensor:
+    """The scale ``alpha = mean |theta|`` per tensor, or per output channel (dim 0).
+
+    With a scale the model holds ``w = alpha * F(theta)`` and the hard model
+    ``alpha * hard(theta)`` (THEORY.md §1, XNOR-Net-style scaling). The
+    backward treats ``alpha`` as a positive constant and omits it:
+    ``grad_theta = B'(theta) * g`` (adaptive base optimizers are invariant to
+    it; with SGD it rescales the step). 0-d and 1-d tensors use the
+    per-tensor scale.
+    """
+    if theta.numel() == 0:
+        return theta.new_ones(())
+    if mode == "channel" and theta.dim() >= 2:
+        flat = theta.reshape(theta.shape[0], -1)
+        alpha = torch.linalg.vector_norm(flat, 1, dim=1) / flat.shape[1]
+        return alpha.view((-1,) + (1,) * (theta.dim() - 1))
+    return torch.linalg.vector_norm(theta, 1) / theta.numel()
 
 #: Group keys that belong to proxopt, never passed to the base optimizer.
 COMMON_KEYS = ("quantize",)
@@ -54,6 +75,14 @@ def check_value(name: str, value: Any, *, positive: bool = True) -> float:
     return value
 
 
+NONFINITE = ("raise", "skip")
+
+
+def _check_nonfinite(value: Any) -> None:
+    if value not in NONFINITE:
+        raise ValueError(f"Invalid nonfinite: {value!r} (expected 'raise' or 'skip')")
+
+
 def _check_param(p: Any, where: str) -> None:
     if not isinstance(p, Tensor):
         raise TypeError(f"Invalid parameter in {where}: expected a torch.Tensor, got {type(p).__name__}")
@@ -70,17 +99,19 @@ class WrappedOptimizer(Optimizer):
     base's); before each step the base optimizer's groups are synced from
     them, so ``torch.optim.lr_scheduler`` schedulers work unchanged.
 
-    Subclasses set :attr:`own_defaults` and implement :meth:`_base_params`
+    Subclasses pass their own group keys and defaults as ``own`` and implement :meth:`_base_params`
     (the tensors the base optimizer updates for a group),
     :meth:`_normalize_group` and the step.
     """
 
-    #: proxopt's own group keys and their defaults (subclasses extend).
-    own_defaults: Dict[str, Any] = {"quantize": True}
     #: the annealed key (``"mu"`` or ``"beta"``) or None.
     anneal_key: Optional[str] = None
 
     def __init__(self, params: Any, base: Type[Optimizer], own: Dict[str, Any], base_kwargs: Dict[str, Any]) -> None:
+        own = dict(own)
+        own["nonfinite"] = base_kwargs.pop("nonfinite", "raise")
+        _check_nonfinite(own["nonfinite"])
+        self._own: Tuple[str, ...] = tuple(own)
         if not (isinstance(base, type) and issubclass(base, Optimizer)):
             raise TypeError(f"Invalid base: {base!r} (expected a torch.optim.Optimizer subclass, e.g. torch.optim.Adam)")
         if isinstance(params, Tensor):
@@ -89,7 +120,7 @@ class WrappedOptimizer(Optimizer):
         self._base_cls = base
         self._base_kwargs = dict(base_kwargs)
         self._building = True
-        super().__init__(params, dict(own))
+        super().__init__(params, own)
         self._building = False
         inner_groups = [self._inner_group(g) for g in self.param_groups]
         self.base_optimizer: Optimizer = base(inner_groups, **self._base_kwargs)
@@ -103,13 +134,14 @@ class WrappedOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ groups
     def _own_keys(self) -> Tuple[str, ...]:
-        return tuple(self.own_defaults)
+        return self._own
 
     def _normalize_group(self, group: Dict[str, Any]) -> None:
         """Validate and canonicalize proxopt's keys of ``group`` (in place)."""
         q = group.get("quantize", True)
         if not isinstance(q, bool):
             raise TypeError(f"Invalid quantize: {q!r} (expected True or False)")
+        _check_nonfinite(group["nonfinite"])
 
     def _base_params(self, group: Dict[str, Any]) -> List[Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -133,7 +165,7 @@ class WrappedOptimizer(Optimizer):
             _check_param(p, f"param group {len(self.param_groups)}, parameter {i}")
         group = dict(param_group)
         group["params"] = plist
-        for key in self.own_defaults:
+        for key in self._own:
             group.setdefault(key, self.defaults[key])
         self._normalize_group(group)
         super().add_param_group(group)
@@ -158,7 +190,18 @@ class WrappedOptimizer(Optimizer):
                 if key != "params" and key not in own and key in g:
                     ig[key] = g[key]
 
-    def _check_grads(self) -> None:
+    def _check_grads(self) -> bool:
+        """Validate gradients before anything changes; return False when the step must be skipped.
+
+        Sparse gradients raise ``ValueError``. Non-finite gradients (inf/NaN)
+        raise ``ValueError`` naming the parameter when the group has
+        ``nonfinite="raise"`` (the default), or skip the whole step with a
+        ``RuntimeWarning`` when ``nonfinite="skip"``: parameters, latents and
+        base state then stay exactly as they were. One fused max-abs reduction
+        per gradient and one host sync per step.
+        """
+        grads: List[Tensor] = []
+        where: List[Tuple[int, int, str]] = []
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
                 g = p.grad
@@ -167,16 +210,37 @@ class WrappedOptimizer(Optimizer):
                 if g.is_sparse:
                     raise ValueError(f"Invalid gradient: parameter {pi} of group {gi} has a sparse gradient, "
                                      "which proxopt does not support")
+                if g.numel():
+                    grads.append(g)
+                    where.append((gi, pi, group["nonfinite"]))
+        if not grads:
+            return True
+        norms = torch._foreach_norm(grads, float("inf")) if hasattr(torch, "_foreach_norm") else \
+            [torch.linalg.vector_norm(g, float("inf")) for g in grads]
+        finite = torch.stack([n.float().to(grads[0].device) for n in norms]).isfinite()
+        if bool(finite.all()):
+            return True
+        bad = int((~finite).nonzero()[0])
+        gi, pi, mode = where[bad]
+        msg = (f"non-finite gradient (inf or NaN) in parameter {pi} of group {gi} "
+               f"(shape {tuple(grads[bad].shape)})")
+        if any(w[2] == "raise" for w, ok in zip(where, finite.tolist()) if not ok):
+            raise ValueError(f"Invalid gradient: {msg}; nothing was changed. Use a torch.amp.GradScaler, or "
+                             "nonfinite='skip' to skip such steps with a warning")
+        warnings.warn(f"proxopt: skipped a step because of a {msg}", RuntimeWarning, stacklevel=3)
+        return False
 
     # ------------------------------------------------------------- state dict
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_transform_cache", None)
+        state.pop("_workspace", None)
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_transform_cache", {})
+        self.__dict__.setdefault("_workspace", {})
         super().__setstate__({"defaults": self.defaults, "state": self.state, "param_groups": self.param_groups})
 
     def _identity(self) -> Dict[str, Any]:
@@ -280,6 +344,10 @@ class LatentOptimizer(WrappedOptimizer):
     def __init__(self, params: Any, base: Type[Optimizer], own: Dict[str, Any], base_kwargs: Dict[str, Any]) -> None:
         self._transform_cache: Dict[str, Transform] = {}
         self._projected: Dict[int, float] = {}
+        self._workspace: Dict[Tuple[torch.dtype, torch.device], Tensor] = {}
+        self._flips: Optional[Dict[int, Tuple[int, int]]] = None
+        own = dict(own)
+        own["scale"] = base_kwargs.pop("scale", None)
         super().__init__(params, base, own, base_kwargs)
 
     # ----------------------------------------------------------------- groups
@@ -301,13 +369,21 @@ class LatentOptimizer(WrappedOptimizer):
         super()._normalize_group(group)
         k = self.anneal_key
         group[k] = check_value(k, group[k])  # type: ignore[index]
+        if group["scale"] not in SCALES:
+            raise ValueError(f"Invalid scale: {group['scale']!r} (expected None, 'tensor' or 'channel')")
+
+    def _check_scalable(self, group: Dict[str, Any]) -> None:
+        if group["scale"] is not None and group["quantize"] and not self._transform(group).scalable:
+            raise ValueError(f"Invalid scale: {group['scale']!r} is not defined for a multi-level softmax dual "
+                             "(scale the levels instead)")
 
     def _structural_keys(self) -> Tuple[str, ...]:
-        return ("quantize",) + tuple(k for k in self.own_defaults if k not in ("quantize", self.anneal_key))
+        return ("quantize",) + tuple(k for k in self._own if k not in ("quantize", "nonfinite", self.anneal_key))
 
     def _init_group(self, group: Dict[str, Any]) -> None:
         if not group["quantize"]:
             return
+        self._check_scalable(group)
         tr = self._transform(group)
         for p in group["params"]:
             st = self.state[p]
@@ -331,6 +407,37 @@ class LatentOptimizer(WrappedOptimizer):
         """The latents ``theta`` of a quantized group, in parameter order."""
         return [self.state[p]["latent"] for p in group["params"]]
 
+    def _scratch(self, theta: Tensor) -> Tensor:
+        """A workspace view of ``theta``'s shape, reused across parameters and steps (largest latent)."""
+        key = (theta.dtype, theta.device)
+        buf = self._workspace.get(key)
+        if buf is None or buf.numel() < theta.numel():
+            buf = torch.empty(theta.numel(), dtype=theta.dtype, device=theta.device)
+            self._workspace[key] = buf
+        return buf[: theta.numel()].view(theta.shape)
+
+    @torch.no_grad()
+    def _write(self, tr: Transform, group: Dict[str, Any], p: Tensor, theta: Tensor, v: Optional[float]) -> None:
+        """``p = alpha * F_v(theta)`` (or the hard levels when ``v`` is None), in place."""
+        scratch = self._scratch(theta) if tr.needs_scratch and v is not None else None
+        same = p.dtype == theta.dtype and p.shape == theta.shape
+        out: Optional[Tensor] = None
+        if v is None:
+            w = tr.hard(theta)
+            out = p.copy_(w) if same else None
+        elif same:
+            out = tr.project_into(theta, v, p.data, scratch)
+        else:
+            w = tr.forward(theta, v)
+        if group["scale"] is not None:
+            alpha = scale_of(theta, group["scale"])
+            if out is not None:
+                out.mul_(alpha)
+            else:
+                w = w * alpha
+        if out is None:
+            p.copy_(w)
+
     @torch.no_grad()
     def _project(self, gi: int, group: Dict[str, Any], only: Optional[List[bool]] = None) -> None:
         tr = self._transform(group)
@@ -338,7 +445,7 @@ class LatentOptimizer(WrappedOptimizer):
         for i, p in enumerate(group["params"]):
             if only is not None and not only[i]:
                 continue
-            p.copy_(tr.forward(self.state[p]["latent"], v))
+            self._write(tr, group, p, self.state[p]["latent"], v)
         self._projected[gi] = v
 
     @torch.no_grad()
@@ -375,50 +482,140 @@ class LatentOptimizer(WrappedOptimizer):
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
         """One step: latent gradients ``B'(theta) * p.grad``, base step on ``theta``, ``p = F(theta)``.
 
+        When ``B' = 1`` the latent gradient *is* ``p.grad`` (no copy). Otherwise
+        it is computed into the parameter's own storage, which is free until
+        ``F(theta)`` is written back after the base step, so the step allocates
+        no per-parameter temporaries (fp16/bf16 parameters with fp32 latents
+        excepted).
+
         Args:
             closure: re-evaluates the model and returns the loss (optional).
 
         Raises:
-            ValueError: for sparse gradients or an invalid ``mu``/``beta``;
-                nothing has changed then.
+            ValueError: for sparse or (with ``nonfinite="raise"``) non-finite
+                gradients, or an invalid ``mu``/``beta``; nothing has changed then.
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._check_grads()
         for gi, g in self._quantized_groups():
             check_value(self.anneal_key, g[self.anneal_key])  # type: ignore[arg-type]
+        if not self._check_grads():
+            return loss
         self._sync()
         stepped: List[Tuple[int, Dict[str, Any], List[bool]]] = []
-        for gi, group in self._quantized_groups():
-            self._refresh(gi, group)
-            tr = self._transform(group)
-            v = group[self.anneal_key]
-            has = []
-            for p in group["params"]:
-                theta = self.state[p]["latent"]
-                g = p.grad
-                if g is None:
-                    theta.grad = None
-                    has.append(False)
-                    continue
-                if g.dtype != theta.dtype:
-                    g = g.to(theta.dtype)
-                if tr.primal:
-                    theta.copy_(tr.reencode(theta, v, v))
-                theta.grad = tr.backward(theta, g, v)
-                has.append(True)
-            stepped.append((gi, group, has))
+        clobbered = False
         try:
+            for gi, group in self._quantized_groups():
+                self._refresh(gi, group)
+                tr = self._transform(group)
+                v = group[self.anneal_key]
+                has = []
+                for p in group["params"]:
+                    theta = self.state[p]["latent"]
+                    g = p.grad
+                    if g is None:
+                        theta.grad = None
+                        has.append(False)
+                        continue
+                    if g.dtype != theta.dtype:
+                        g = g.to(theta.dtype)
+                    if tr.primal:
+                        theta.copy_(tr.reencode(theta, v, v))
+                    if tr.unit_backward:
+                        theta.grad = g
+                    else:
+                        same = p.dtype == theta.dtype and p.shape == theta.shape
+                        out = p.detach() if same else None
+                        clobbered = clobbered or same
+                        scratch = self._scratch(theta) if tr.needs_scratch else None
+                        theta.grad = tr.grad_into(theta, g, v, out, scratch) if out is not None \
+                            else tr.backward(theta, g, v)
+                    has.append(True)
+                stepped.append((gi, group, has))
+            before = self._hard_codes(stepped) if self._flips is not None else None
             self.base_optimizer.step()
+        except BaseException:
+            if clobbered:  # the parameters served as gradient buffers: put F(theta) back
+                for gi, group in self._quantized_groups():
+                    self._project(gi, group)
+            raise
         finally:
-            for _, group, _ in stepped:
+            for _, group in self._quantized_groups():
                 for p in group["params"]:
                     self.state[p]["latent"].grad = None
         for gi, group, has in stepped:
             self._project(gi, group, has)
+        if before is not None:
+            self._count_flips(stepped, before)
         return loss
+
+    # ------------------------------------------------------------ diagnostics
+    def _hard_codes(self, stepped: List[Tuple[int, Dict[str, Any], List[bool]]]) -> List[List[Tensor]]:
+        out = []
+        for _, group, has in stepped:
+            tr = self._transform(group)
+            out.append([tr.hard(self.state[p]["latent"]) for p, h in zip(group["params"], has) if h])
+        return out
+
+    def _count_flips(self, stepped: List[Tuple[int, Dict[str, Any], List[bool]]],
+                     before: List[List[Tensor]]) -> None:
+        after = self._hard_codes(stepped)
+        flips: Dict[int, Tuple[int, int]] = {}
+        for (gi, _, _), b, a in zip(stepped, before, after):
+            changed = sum(int((x != y).sum()) for x, y in zip(b, a))
+            flips[gi] = (changed, sum(x.numel() for x in b))
+        self._flips = flips
+
+    @torch.no_grad()
+    def stats(self) -> List[Dict[str, Any]]:
+        """Per-group training diagnostics, cheap enough to call every step.
+
+        For each group: ``flip_ratio`` (share of hard-quantized weights whose
+        level changed in the last step; the first call switches tracking on,
+        which costs two extra passes per step, so it is ``None`` until the
+        next step), ``frozen`` (share of latents where ``B'(theta) = 0``, which
+        the base optimizer no longer moves), ``quant_error`` (mean
+        ``|w - hard(w)|`` of the model's current weights), the annealed value
+        (``mu`` or ``beta``), ``lr``, and the number of parameters.
+
+        Example:
+            >>> import torch, proxopt
+            >>> opt = proxopt.optimizer("bnn", [torch.nn.Parameter(torch.tensor([0.5, 2.0]))])
+            >>> opt.stats()[0]["frozen"]
+            0.5
+        """
+        track = self._flips is not None
+        if not track:
+            self._flips = {}
+        out = []
+        for gi, group in enumerate(self.param_groups):
+            n = sum(p.numel() for p in group["params"])
+            row: Dict[str, Any] = {"group": gi, "quantize": group["quantize"], "numel": n,
+                                   self.anneal_key: group[self.anneal_key], "lr": group.get("lr"),  # type: ignore
+                                   "flip_ratio": None, "frozen": 0.0, "quant_error": 0.0}
+            if group["quantize"] and n:
+                tr = self._transform(group)
+                v = group[self.anneal_key]
+                frozen = err = 0.0
+                for p in group["params"]:
+                    theta = self.state[p]["latent"]
+                    if not tr.unit_backward and theta.numel():
+                        ones = torch.ones((), dtype=theta.dtype, device=theta.device).expand_as(p)
+                        d = tr.backward(theta, ones.to(theta.dtype), v)
+                        frozen += float((d == 0).sum()) * p.numel() / d.numel()
+                    h = tr.hard(theta)
+                    if group["scale"] is not None:
+                        h = h * scale_of(theta, group["scale"])
+                    err += float((p.detach().to(h.dtype) - h).abs().sum())
+                row["frozen"] = frozen / n
+                row["quant_error"] = err / n
+                if track and gi in self._flips:
+                    changed, total = self._flips[gi]
+                    row["flip_ratio"] = changed / total if total else 0.0
+            out.append(row)
+        return out
 
     # ------------------------------------------------------------ hard / final
     @torch.no_grad()
@@ -426,7 +623,7 @@ class LatentOptimizer(WrappedOptimizer):
         for _, group in self._quantized_groups():
             tr = self._transform(group)
             for p in group["params"]:
-                p.copy_(tr.hard(self.state[p]["latent"]))
+                self._write(tr, group, p, self.state[p]["latent"], None)
 
     def finalize(self) -> None:
         """Write exactly quantized weights into the model for good.

@@ -62,8 +62,6 @@ class MirrorDescent(LatentOptimizer):
     """
 
     anneal_key = "beta"
-    own_defaults: Dict[str, Any] = {"quantize": True, "mirror_map": "tanh", "beta": 1.0, "stable": True,
-                                    "exact_gradient": False}
 
     def __init__(self, params: Any, mirror_map: Any = "tanh", beta: float = 1.0, stable: bool = True,
                  exact_gradient: bool = False, base: Type[Optimizer] = torch.optim.Adam, **base_kwargs: Any) -> None:

@@ -62,7 +62,6 @@ class ProxConnectPP(LatentOptimizer):
     """
 
     anneal_key = "mu"
-    own_defaults: Dict[str, Any] = {"quantize": True, "forward": "sign", "backward": "identity", "mu": 1.0}
 
     def __init__(self, params: Any, forward: Any = "sign", backward: Any = "identity", mu: float = 1.0,
                  base: Type[Optimizer] = torch.optim.Adam, **base_kwargs: Any) -> None:

@@ -68,14 +68,13 @@ class ProxQuant(WrappedOptimizer):
         >>> w = torch.nn.Parameter(torch.tensor([0.5, -0.2]))
         >>> opt = proxopt.ProxQuant([w], reg=1.0, lr=0.1, base=torch.optim.SGD)
         >>> w.grad = torch.zeros(2); _ = opt.step(); w.data
-        tensor([ 0.6000, -0.1000])
+        tensor([ 0.6000, -0.3000])
 
     References:
         [PQ] Bai et al., ICLR 2019.
     """
 
     anneal_key = "mu"
-    own_defaults: Dict[str, Any] = {"quantize": True, "mu": 1e-4, "levels": [-1.0, 1.0], "freeze_at": None}
 
     def __init__(self, params: Any, reg: float = 1e-4, levels: Any = "binary", freeze_at: Optional[int] = None,
                  base: Type[Optimizer] = torch.optim.Adam, **base_kwargs: Any) -> None:
@@ -107,9 +106,10 @@ class ProxQuant(WrappedOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._check_grads()
         for _, g in self._quantized_groups():
             check_value("reg", g["mu"], positive=False)
+        if not self._check_grads():
+            return loss
         self._sync()
         had = [[p.grad is not None for p in g["params"]] for g in self.param_groups]
         self.base_optimizer.step()

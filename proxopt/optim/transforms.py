@@ -47,11 +47,24 @@ class Transform:
     def init_latent(self, p: Tensor) -> Tensor:
         return p.detach().to(latent_dtype(p), copy=True)
 
+    #: whether project_into / grad_into want a workspace tensor of theta's shape
+    needs_scratch = False
+    #: whether a per-tensor / per-channel scale alpha = mean|theta| is meaningful
+    scalable = True
+
     def forward(self, theta: Tensor, v: float) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def backward(self, theta: Tensor, g: Tensor, v: float) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def project_into(self, theta: Tensor, v: float, out: Tensor, scratch: Optional[Tensor]) -> Tensor:
+        """``out = forward(theta, v)`` bit for bit, without temporaries where possible."""
+        return out.copy_(self.forward(theta, v))
+
+    def grad_into(self, theta: Tensor, g: Tensor, v: float, out: Tensor, scratch: Optional[Tensor]) -> Tensor:
+        """``backward(theta, g, v)`` written into ``out`` (or ``g`` itself when ``B' = 1``)."""
+        return out.copy_(self.backward(theta, g, v))
 
     def hard(self, theta: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -68,6 +81,7 @@ class QuantizerPair(Transform):
         self.B = backward
         self.unit_backward = backward.unit_derivative
         self.levels = forward.levels
+        self.needs_scratch = isinstance(forward, qz.SignSwish) or isinstance(backward, qz.SignSwish)
 
     def forward(self, theta: Tensor, v: float) -> Tensor:
         return self.F.value(theta, v)
@@ -76,6 +90,14 @@ class QuantizerPair(Transform):
         if self.unit_backward:
             return g
         return self.B.derivative(theta, v).mul_(g)
+
+    def project_into(self, theta: Tensor, v: float, out: Tensor, scratch: Optional[Tensor]) -> Tensor:
+        return self.F.value_into(theta, v, out, scratch)
+
+    def grad_into(self, theta: Tensor, g: Tensor, v: float, out: Tensor, scratch: Optional[Tensor]) -> Tensor:
+        if self.unit_backward:
+            return g
+        return self.B.grad_into(theta, g, v, out, scratch)
 
     def hard(self, theta: Tensor) -> Tensor:
         return self.F.hard(theta)
@@ -95,6 +117,7 @@ class MirrorPair(Transform):
         self.multi = mirror_map.dual_size is not None
         self.unit_backward = not exact_gradient and not self.multi
         self.levels = mirror_map.levels
+        self.scalable = not self.multi
 
     def init_latent(self, p: Tensor) -> Tensor:
         return self.map.init_dual(p.detach().to(latent_dtype(p)))
@@ -107,6 +130,16 @@ class MirrorPair(Transform):
             d = self.map.primal_derivative(theta, v)
             return d.mul_(g.unsqueeze(-1)) if self.multi else d.mul_(g)
         return self.map.primal_grad_to_dual(theta, g)
+
+    def project_into(self, theta: Tensor, v: float, out: Tensor, scratch: Optional[Tensor]) -> Tensor:
+        return self.map.to_primal_into(theta, v, out)
+
+    def grad_into(self, theta: Tensor, g: Tensor, v: float, out: Tensor, scratch: Optional[Tensor]) -> Tensor:
+        if self.unit_backward:
+            return g
+        if self.exact and not self.multi:
+            return self.map.primal_grad_into(theta, g, v, out)
+        return self.backward(theta, g, v)
 
     def hard(self, theta: Tensor) -> Tensor:
         return self.map.hard(theta)
