@@ -105,17 +105,40 @@ def levels_tensor(levels: Tuple[float, ...], like: Tensor) -> Tensor:
     return t
 
 
-def _midpoints(levels: Tuple[float, ...], like: Tensor) -> Tensor:
-    mids = tuple((a + b) / 2.0 for a, b in zip(levels, levels[1:]))
-    return levels_tensor(mids, like)
+_PARTS: dict = {}
+
+
+def _midpoint_parts(levels: Tuple[float, ...]) -> Tuple[Tuple[float, float], ...]:
+    """``(s, e)`` per gap with ``q_i + q_{i+1} = s + e`` exactly (TwoSum), cached."""
+    parts = _PARTS.get(levels)
+    if parts is None:
+        out = []
+        for a, b in zip(levels, levels[1:]):
+            s = a + b
+            bb = s - a
+            out.append((s, (a - (s - bb)) + (b - bb)))
+        parts = _PARTS[levels] = tuple(out)
+    return parts
 
 
 def nearest_index(x: Tensor, levels: Tuple[float, ...]) -> Tensor:
     """Index ``i`` of the level nearest to each entry of ``x`` (ties → larger level).
 
-    ``i`` counts the midpoints ``p_j = (q_j + q_{j+1}) / 2`` with ``p_j <= x``.
+    ``i`` counts the midpoints ``p_j = (q_j + q_{j+1}) / 2`` with ``p_j <= x``,
+    decided exactly even when ``p_j`` is not representable: with
+    ``q_j + q_{j+1} = s + e`` exactly, ``x >= p_j`` iff ``2x - s >= e``.
     """
-    return torch.bucketize(x, _midpoints(levels, x), right=True)
+    parts = _midpoint_parts(levels)
+    halves = tuple(s / 2.0 for s, _ in parts)
+    mids = levels_tensor(halves, x)
+    if all(e == 0.0 for _, e in parts) and mids.tolist() == list(halves):
+        return torch.bucketize(x, mids, right=True)
+    xd = x.double()
+    s = torch.tensor([p[0] for p in parts], dtype=torch.float64, device=x.device)
+    e = torch.tensor([p[1] for p in parts], dtype=torch.float64, device=x.device)
+    idx = torch.bucketize(xd, s / 2.0, right=True)
+    j = (idx - 1).clamp_min(0)
+    return idx - ((idx > 0) & (2.0 * xd == s[j]) & (e[j] > 0)).long()
 
 
 def nearest(x: Tensor, levels: Tuple[float, ...] = BINARY) -> Tensor:
@@ -138,7 +161,8 @@ def nearest(x: Tensor, levels: Tuple[float, ...] = BINARY) -> Tensor:
     References:
         THEORY.md §3 (multi-level hard rounding) and §6.
     """
-    if len(levels) == 2:
+    if levels == BINARY:
         lo, hi = levels
-        return torch.where(x >= (lo + hi) / 2.0, hi, lo).to(x.dtype)
+        lv = levels_tensor(levels, x)
+        return torch.where(x >= (lo + hi) / 2.0, lv[1], lv[0])
     return levels_tensor(levels, x)[nearest_index(x, levels)]

@@ -293,7 +293,7 @@ class Softmax(MirrorMap):
     ``bregman`` take simplex points (last dimension ``d``). The pull-back of
     ``g_w`` to the dual is ``g_u = g_w q`` (the skipped softmax Jacobian is
     the MD/straight-through step). ``hard`` is ``q`` at the argmax of
-    ``theta`` (ties → larger level). The dual costs ``d``× the weight's
+    ``theta`` (ties → larger level). The dual costs ``d`` times the weight's
     memory.
 
     Args:

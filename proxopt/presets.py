@@ -5,7 +5,7 @@ name           optimizer                   forward F            backward B'   st
 =============  ==========================  ===================  ============  ==========
 bc             ProxConnectPP               sign                 1             mu (unused)
 pc             ProxConnect                 LinearProx_mu        1             mu = 1
-bnn            ProxConnectPP               sign                 1{|θ|<=1}     mu (unused)
+bnn            ProxConnectPP               sign                 1{\\|θ\\|<=1}   mu (unused)
 bnn+           ProxConnectPP               sign                 SS'_mu        mu = 5
 bnn++          ProxConnectPP               SS_mu                SS'_mu        mu = 1
 pq             ProxQuant                   (soft weights)       —             mu = reg = 1e-4
@@ -17,7 +17,7 @@ md-linear      MirrorDescent (stable)      clip(βθ, -1, 1)      1             
 gd-tanh        MirrorDescent (Jacobian)    tanh(βθ)             β(1-w²)       beta = 1
 =============  ==========================  ===================  ============  ==========
 
-Soft-forward presets (pc, bnn++, md-*, gd-tanh) need their strength annealed
+Soft-forward presets (``pc``, ``bnn++``, ``md-*``, ``gd-tanh``) need their strength annealed
 toward about 1e4 (:class:`proxopt.AnnealScheduler`) so the hard-rounded
 model agrees with the trained one.
 """

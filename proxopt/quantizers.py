@@ -381,12 +381,15 @@ def linear_prox(theta: Tensor, levels: Tuple[float, ...], a: float, b: float) ->
     x = theta.clamp(lo, hi)
     if a >= 1.0:
         return nearest(x, levels)
+    if a == 0.0 and b == 0.0:  # no dead zone, no jump: clip
+        return x
     s = (1.0 - b) / (1.0 - a)
     if levels == BINARY and b == 0.0:  # the "linear" member: clip(s * theta, -1, 1)
         return (theta * s).clamp(-1.0, 1.0)
     if len(levels) == 2:
         h = hi - lo
-        q = torch.where(x >= (lo + hi) / 2.0, hi, lo).to(x.dtype)
+        lv2 = levels_tensor(levels, x)
+        q = torch.where(x >= (lo + hi) / 2.0, lv2[1], lv2[0])
         d = x - q
         return q + torch.sign(d) * (d.abs() - a * h / 2.0).clamp_min(0.0) * s
     lv = levels_tensor(levels, x)
@@ -467,7 +470,7 @@ class LinearProx(Quantizer):
         right = torch.cat([gaps, gaps.new_zeros(1)])[idx]
         left = torch.cat([gaps.new_zeros(1), gaps])[idx]
         h = torch.where(d >= 0, right, left)
-        ramp = d.abs() > a * h / 2.0
+        ramp = (d.abs() > a * h / 2.0) if a > 0.0 else torch.ones_like(inside)
         return (inside & ramp).to(theta.dtype) * s
 
     def config(self) -> Dict[str, Any]:

@@ -21,7 +21,7 @@ __all__ = ["MirrorDescent"]
 class MirrorDescent(LatentOptimizer):
     """Mirror descent with a mirror map ``P_beta`` (stable "-S" or primal form), any base optimizer.
 
-    Stable form (``stable=True``, MD-*-S): the state keeps the dual ``theta``,
+    Stable form (``stable=True``, ``MD-*-S``): the state keeps the dual ``theta``,
 
     .. math:: w_t = P_\\beta(\\theta_t),\\qquad
               \\theta_{t+1} = \\mathrm{BaseStep}(\\theta_t, \\nabla_w f(w_t))
@@ -36,7 +36,7 @@ class MirrorDescent(LatentOptimizer):
     ``P_beta`` (``B' = dP/dtheta``): the GD-tanh baseline.
 
     For :class:`proxopt.mirror_maps.Softmax` each weight has a dual vector of
-    size ``d`` (memory ``d``×) and the dual gradient is ``g_w q``.
+    size ``d`` (``d`` times the memory) and the dual gradient is ``g_w q``.
 
     Args:
         params: parameters or param groups (groups may set ``mirror_map``,

@@ -91,7 +91,7 @@ class ProxConnect(ProxConnectPP):
     default :class:`proxopt.quantizers.LinearProx` over ``levels`` is ``clip``
     at ``mu = 1`` and tends to hard rounding as ``mu`` grows. BinaryConnect is
     ``quantizer="sign"``. PC's theory grows ``mu`` with the cumulative step
-    size (``AnnealScheduler(..., mode="cumulative_lr")``).
+    size (``AnnealScheduler(opt, cumulative=c)``).
 
     Args:
         params: parameters or param groups.
