@@ -4,9 +4,13 @@ Replace ``torch.optim.Adam`` with a proxopt optimizer and the model holds
 quantized weights ``w = F(theta)`` while the optimizer keeps the latent
 ``theta`` in its state (THEORY.md §2).
 """
+from . import export
+from . import groups
 from . import levels
 from . import mirror_maps
 from . import quantizers
+from .groups import param_groups
+from .optim import Bop
 from .optim import LatentOptimizer
 from .optim import MirrorDescent
 from .optim import ProxConnect
@@ -17,6 +21,7 @@ from .presets import available
 from .presets import describe
 from .presets import optimizer
 from .schedules import AnnealScheduler
+from .summary import summary
 from .theory import PairCheck
 from .theory import check_pair
 
@@ -24,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AnnealScheduler",
+    "Bop",
     "LatentOptimizer",
     "MirrorDescent",
     "PairCheck",
@@ -34,9 +40,13 @@ __all__ = [
     "available",
     "check_pair",
     "describe",
+    "export",
+    "groups",
     "levels",
     "mirror_maps",
     "optimizer",
+    "param_groups",
     "quantizers",
+    "summary",
     "__version__",
 ]

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .levels import BINARY, TERNARY, LevelsSpec, levels_tensor, make_levels, nearest
+from .quantizers import tanh_grad_into, tanh_into
 
 __all__ = ["MirrorMap", "Tanh", "Linear", "Softmax", "ShiftedTanh", "get", "available"]
 
@@ -49,8 +50,9 @@ class MirrorMap:
     Attributes:
         name: registry name.
         levels: the level set of ``hard``.
-        strict: ``P_beta`` strictly increasing (the primal, non-"-S" form is
-            defined only then).
+        strict: the primal (non-"-S") form is defined for this map (needs
+            ``P_beta`` strictly increasing; THEORY.md §5 defines the linear and
+            shifted-tanh maps in the stable form only).
         dual_size: ``None`` when the dual has the weight's shape; ``d`` when
             each weight has a dual vector of size ``d`` (softmax).
 
@@ -66,15 +68,19 @@ class MirrorMap:
         self.levels: Tuple[float, ...] = make_levels(levels)
 
     def to_primal(self, theta: Tensor, beta: float = 1.0) -> Tensor:  # pragma: no cover - abstract
+        """The projection ``w = P_beta(theta)``."""
         raise NotImplementedError
 
     def to_dual(self, w: Tensor, beta: float = 1.0) -> Tensor:  # pragma: no cover - abstract
+        """Its inverse ``theta = P_beta^{-1}(w) = grad Phi_beta(w)``."""
         raise NotImplementedError
 
     def primal_derivative(self, theta: Tensor, beta: float = 1.0) -> Tensor:  # pragma: no cover
+        """``dP_beta / dtheta`` (the Jacobian the mirror-descent step skips)."""
         raise NotImplementedError
 
     def potential(self, w: Tensor, beta: float = 1.0) -> Tensor:  # pragma: no cover - abstract
+        """The mirror-map potential ``Phi_beta(w)``."""
         raise NotImplementedError
 
     def to_primal_into(self, theta: Tensor, beta: float, out: Tensor) -> Tensor:
@@ -145,11 +151,11 @@ class Tanh(MirrorMap):
         return torch.tanh(theta * beta)
 
     def to_primal_into(self, theta: Tensor, beta: float, out: Tensor) -> Tensor:
-        return torch.mul(theta, beta, out=out).tanh_()
+        """``tanh(beta theta)`` as ``2 sigma(2 beta theta) - 1`` in place (see ``quantizers.tanh_into``)."""
+        return tanh_into(theta, beta, out)
 
     def primal_grad_into(self, theta: Tensor, g: Tensor, beta: float, out: Tensor) -> Tensor:
-        t = torch.mul(theta, beta, out=out).tanh_()
-        return t.mul_(t).neg_().add_(1.0).mul_(beta).mul_(g)
+        return tanh_grad_into(theta, g, beta, out)
 
     def to_dual(self, w: Tensor, beta: float = 1.0) -> Tensor:
         m = _below_one(w)
@@ -243,6 +249,7 @@ class ShiftedTanh(MirrorMap):
     """
 
     name = "shifted_tanh"
+    strict = False  # THEORY.md §5: defined in the stable form only
 
     def __init__(self) -> None:
         super().__init__("ternary")
@@ -318,8 +325,37 @@ class Softmax(MirrorMap):
     def to_primal(self, theta: Tensor, beta: float = 1.0) -> Tensor:
         return self.to_simplex(theta, beta) @ levels_tensor(self.levels, theta)
 
+    def to_primal_into(self, theta: Tensor, beta: float, out: Tensor) -> Tensor:
+        """``w`` into ``out``; for two levels ``w = q_0 + (q_1 - q_0) sigma(beta (theta_1 - theta_0))``.
+
+        (``softmax`` over a last dimension of size 2 is slow on CPU; the
+        closed form agrees with :meth:`to_primal` to a few ulp.)
+        """
+        if len(self.levels) == 2 and out.shape == theta.shape[:-1]:
+            q0, q1 = self.levels
+            t0, t1 = theta.unbind(-1)
+            return torch.sub(t1, t0, out=out).mul_(beta).sigmoid_().mul_(q1 - q0).add_(q0)
+        return out.copy_(self.to_primal(theta, beta))
+
     def to_dual(self, u: Tensor, beta: float = 1.0) -> Tensor:
         return torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)) / beta
+
+    def reencode(self, theta: Tensor, old: float, new: float) -> Tensor:
+        """``to_dual(to_simplex(theta, old), new)``: the primal form's recomputed dual.
+
+        For two levels ``log u_j = logsigmoid(old (theta_j - theta_other))``
+        (no softmax over a size-2 dimension), floored at ``log(tiny)`` as
+        :meth:`to_dual` floors ``u`` at ``tiny``.
+        """
+        if theta.shape[-1] != 2:
+            return self.to_dual(self.to_simplex(theta, old), new)
+        floor = math.log(torch.finfo(theta.dtype).tiny)
+        t0, t1 = theta.unbind(-1)
+        diff = (t1 - t0).mul_(old)
+        out = torch.empty_like(theta)
+        torch.nn.functional.logsigmoid(diff, out=out[..., 1])
+        torch.nn.functional.logsigmoid(diff.neg_(), out=out[..., 0])
+        return out.clamp_min_(floor).div_(new)
 
     def primal_derivative(self, theta: Tensor, beta: float = 1.0) -> Tensor:
         """``dw/dtheta_j = beta u_j (q_j - w)`` (shape ``(..., d)``)."""
@@ -343,8 +379,10 @@ class Softmax(MirrorMap):
         """Dual whose simplex point interpolates ``clip(p)`` between its two neighbouring levels.
 
         ``u`` puts weight ``1 - t`` on ``q_i`` and ``t`` on ``q_{i+1}`` where
-        ``clip(p) = (1 - t) q_i + t q_{i+1}``; ``theta = log(u)`` (clamped at
-        the dtype's eps), so at ``beta = 1`` the model holds about ``clip(p)``.
+        ``clip(p) = (1 - t) q_i + t q_{i+1}``; ``theta = log(u)`` with ``u``
+        floored at float32's eps (the same floor in every dtype, so float32 and
+        float64 train alike), so at ``beta = 1`` the model holds about
+        ``clip(p)``.
         """
         x = p.detach()
         q = levels_tensor(self.levels, x)
@@ -355,7 +393,7 @@ class Softmax(MirrorMap):
         u = torch.zeros(*x.shape, len(self.levels), dtype=x.dtype, device=x.device)
         u.scatter_(-1, i.unsqueeze(-1), (1.0 - t).unsqueeze(-1))
         u.scatter_add_(-1, (i + 1).unsqueeze(-1), t.unsqueeze(-1))
-        return torch.log(u.clamp_min(torch.finfo(x.dtype).eps))
+        return torch.log(u.clamp_min(torch.finfo(torch.float32).eps))
 
     def primal_grad_to_dual(self, theta: Tensor, grad: Tensor) -> Tensor:
         """``g_u = g_w q``: shape ``(..., d)``."""

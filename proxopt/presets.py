@@ -15,6 +15,7 @@ md-softmax     MirrorDescent (primal)      softmax(βθ)·q        g·q         
 md-softmax-s   MirrorDescent (stable)      softmax(βθ)·q        g·q           beta = 1
 md-linear      MirrorDescent (stable)      clip(βθ, -1, 1)      1             beta = 1
 gd-tanh        MirrorDescent (Jacobian)    tanh(βθ)             β(1-w²)       beta = 1
+bop            Bop                         sign (w = ±1)        —             none
 =============  ==========================  ===================  ============  ==========
 
 Soft-forward presets (``pc``, ``bnn++``, ``md-*``, ``gd-tanh``) need their strength annealed
@@ -27,7 +28,7 @@ from typing import Any, Callable, Dict, Tuple
 
 from torch.optim import Optimizer
 
-from .optim import MirrorDescent, ProxConnect, ProxConnectPP, ProxQuant
+from .optim import Bop, MirrorDescent, ProxConnect, ProxConnectPP, ProxQuant
 
 __all__ = ["optimizer", "available", "describe"]
 
@@ -56,10 +57,17 @@ def _pq(params: Any, mu: float = 1e-4, levels: Any = "binary", **kw: Any) -> Opt
     return ProxQuant(params, reg=mu, levels=levels, **kw)
 
 
-def _tanh_map(levels: Any) -> Dict[str, Any]:
+def _bop(params: Any, threshold: float = 1e-8, gamma: float = 1e-4, **kw: Any) -> Optimizer:
+    return Bop(params, threshold=threshold, gamma=gamma, **kw)
+
+
+def _tanh_map(levels: Any, stable: bool) -> Dict[str, Any]:
     if levels in ("binary", 1, (-1.0, 1.0), [-1.0, 1.0]):
         return {"name": "tanh"}
     if levels == "ternary" or levels in ((-1.0, 0.0, 1.0), [-1.0, 0.0, 1.0]):
+        if not stable:
+            raise ValueError(f"Invalid levels: {levels!r} for md-tanh (the ternary shifted-tanh map exists in "
+                             "the stable form only: use md-tanh-s)")
         return {"name": "shifted_tanh"}
     raise ValueError(f"Invalid levels: {levels!r} (the tanh map is binary, or ternary as shifted tanh; "
                      "use md-softmax for other level sets)")
@@ -70,7 +78,7 @@ def _md(mirror: str, stable: bool, exact: bool = False) -> Callable[..., Optimiz
         if mirror == "softmax":
             m: Dict[str, Any] = {"name": "softmax", "levels": levels}
         elif mirror == "tanh":
-            m = _tanh_map(levels)
+            m = _tanh_map(levels, stable)
         else:
             if levels != "binary":
                 raise ValueError(f"Invalid levels: {levels!r} (the linear map is binary)")
@@ -92,6 +100,8 @@ _PRESETS: Dict[str, Tuple[Callable[..., Optimizer], str]] = {
     "md-softmax-s": (_md("softmax", True), "mirror descent, softmax map, stable form, beta = 1 [MD]"),
     "md-linear": (_md("linear", True), "mirror descent, linear map (stable), beta = 1 [MD]"),
     "gd-tanh": (_md("tanh", True, True), "gradient descent through tanh(beta θ) (Jacobian applied) [MD]"),
+    "bop": (_bop, "Bop: flip w where |m| > threshold and sign(m) = sign(w), m = EMA of g (gamma = 1e-4); "
+                  "latent-free [Bop]"),
 }
 
 

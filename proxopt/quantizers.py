@@ -75,9 +75,11 @@ class Quantizer:
         self.levels: Optional[Tuple[float, ...]] = None if levels is None else make_levels(levels)
 
     def value(self, theta: Tensor, mu: float = 1.0) -> Tensor:  # pragma: no cover - abstract
+        """The map ``F_mu(theta)``, elementwise."""
         raise NotImplementedError
 
     def derivative(self, theta: Tensor, mu: float = 1.0) -> Tensor:  # pragma: no cover - abstract
+        """Its derivative ``F'_mu(theta)`` (almost everywhere), elementwise."""
         raise NotImplementedError
 
     def value_into(self, theta: Tensor, mu: float, out: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
@@ -243,15 +245,32 @@ class Tanh(Quantizer):
         return (1.0 - t * t) * mu
 
     def value_into(self, theta: Tensor, mu: float, out: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
-        return torch.mul(theta, mu, out=out).tanh_()
+        return tanh_into(theta, mu, out)
 
     def grad_into(self, theta: Tensor, g: Tensor, mu: float, out: Tensor,
                   scratch: Optional[Tensor] = None) -> Tensor:
-        t = torch.mul(theta, mu, out=out).tanh_()
-        return t.mul_(t).neg_().add_(1.0).mul_(mu).mul_(g)
+        return tanh_grad_into(theta, g, mu, out)
 
     def config(self) -> Dict[str, Any]:
         return {"name": self.name}
+
+
+def tanh_into(theta: Tensor, mu: float, out: Tensor) -> Tensor:
+    """``out = tanh(mu theta)`` computed as ``2 sigma(2 mu theta) - 1`` in place.
+
+    The optimizers' hot path: on CPU builds ``sigmoid`` is several times
+    faster than ``tanh``. The result differs from ``torch.tanh`` by at most a
+    few ulp of 1 (absolute, about 1e-7 in float32, 1e-16 in float64); the
+    readable maps (``Tanh.value``, ``mirror_maps.Tanh.to_primal``) use
+    ``torch.tanh``.
+    """
+    return torch.mul(theta, 2.0 * mu, out=out).sigmoid_().mul_(2.0).sub_(1.0)
+
+
+def tanh_grad_into(theta: Tensor, g: Tensor, mu: float, out: Tensor) -> Tensor:
+    """``out = mu (1 - tanh^2(mu theta)) g = 4 mu s (1 - s) g`` with ``s = sigma(2 mu theta)``, in place."""
+    s = torch.mul(theta, 2.0 * mu, out=out).sigmoid_()
+    return torch.addcmul(s, s, s, value=-1.0, out=s).mul_(4.0 * mu).mul_(g)
 
 
 def sign_swish(x: Tensor, mu: float = 1.0) -> Tensor:
@@ -302,18 +321,26 @@ class SignSwish(Quantizer):
         return sign_swish_derivative(theta, mu)
 
     def value_into(self, theta: Tensor, mu: float, out: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
+        """In place through ``s = sigma(mu theta)``: ``SS = 2s - 1 + 2 mu theta s (1 - s)``.
+
+        This is [BNN+]'s own form; it agrees with :meth:`value` to a few ulp
+        of 1 (absolute) and needs one workspace tensor.
+        """
         if scratch is None:
             return out.copy_(self.value(theta, mu))
-        t = torch.mul(theta, mu / 2.0, out=scratch).tanh_()
-        return torch.mul(t, t, out=out).neg_().add_(1.0).mul_(theta).mul_(mu / 2.0).add_(t)
+        s = torch.mul(theta, mu, out=scratch).sigmoid_()
+        torch.addcmul(s, s, s, value=-1.0, out=out)  # s (1 - s)
+        return out.mul_(theta).mul_(2.0 * mu).add_(s, alpha=2.0).sub_(1.0)
 
     def grad_into(self, theta: Tensor, g: Tensor, mu: float, out: Tensor,
                   scratch: Optional[Tensor] = None) -> Tensor:
+        """``SS'_mu g = 4 mu s (1 - s) (1 - (mu theta / 2)(2 s - 1)) g`` in place, ``s = sigma(mu theta)``."""
         if scratch is None:
             return super().grad_into(theta, g, mu, out)
-        t = torch.mul(theta, mu / 2.0, out=scratch).tanh_()
-        torch.mul(theta, mu / 2.0, out=out).mul_(t).neg_().add_(1.0)
-        return out.mul_(t.mul_(t).neg_().add_(1.0)).mul_(mu).mul_(g)
+        s = torch.mul(theta, mu, out=scratch).sigmoid_()
+        torch.mul(s, 2.0, out=out).sub_(1.0).mul_(theta).mul_(-mu / 2.0).add_(1.0)
+        torch.addcmul(s, s, s, value=-1.0, out=s)
+        return out.mul_(s).mul_(4.0 * mu).mul_(g)
 
     def config(self) -> Dict[str, Any]:
         return {"name": self.name}

@@ -1,4 +1,8 @@
-"""The in-place kernels the optimizers run equal the readable reference maps bit for bit."""
+"""The in-place kernels the optimizers run equal the readable reference maps.
+
+Bit for bit, except the tanh and sign-Swish kernels, which go through ``sigmoid`` (much faster on CPU) and
+agree to a few ulp of the map's peak value.
+"""
 import pytest
 import torch
 
@@ -9,6 +13,15 @@ from proxopt import quantizers as qz
 QUANTIZERS = [qz.Identity(), qz.Sign(), qz.Sign("ternary"), qz.Clip(), qz.Clip([-1.0, 0.5]), qz.Tanh(),
               qz.SignSwish(), qz.ApproxSign(), qz.LinearProx(), qz.LinearProx(jump=0.5), qz.LinearProx(2)]
 MAPS = [mm.Tanh(), mm.Linear(), mm.ShiftedTanh()]
+VIA_SIGMOID = (qz.Tanh, qz.SignSwish, mm.Tanh)
+
+
+def _same(fast, ref, approx):
+    if not approx:
+        assert torch.equal(fast, ref)
+        return
+    eps = torch.finfo(ref.dtype).eps
+    torch.testing.assert_close(fast, ref, rtol=0.0, atol=32 * eps * max(1.0, float(ref.abs().max())))
 
 
 def _theta(dtype):
@@ -23,19 +36,30 @@ def _theta(dtype):
 @pytest.mark.parametrize("mu", [1.0, 3.0, 1e4])
 def test_quantizer_into_equals_reference(q, mu, dtype):
     th, g = _theta(dtype)
+    approx = isinstance(q, VIA_SIGMOID)
     for scratch in (None, torch.empty_like(th)):
-        assert torch.equal(q.value_into(th, mu, torch.empty_like(th), scratch), q.value(th, mu))
-        assert torch.equal(q.grad_into(th, g, mu, torch.empty_like(th), scratch), q.derivative(th, mu) * g)
+        _same(q.value_into(th, mu, torch.empty_like(th), scratch), q.value(th, mu), approx)
+        _same(q.grad_into(th, g, mu, torch.empty_like(th), scratch), q.derivative(th, mu) * g, approx)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("m", MAPS, ids=repr)
 def test_mirror_map_into_equals_reference(m, dtype):
     th, g = _theta(dtype)
+    approx = isinstance(m, VIA_SIGMOID)
     for beta in (1.0, 7.0, 1e4):
-        assert torch.equal(m.to_primal_into(th, beta, torch.empty_like(th)), m.to_primal(th, beta))
+        _same(m.to_primal_into(th, beta, torch.empty_like(th)), m.to_primal(th, beta), approx)
         got = m.primal_grad_into(th, g, beta, torch.empty_like(th))
-        assert torch.equal(got, m.primal_derivative(th, beta) * g)
+        _same(got, m.primal_derivative(th, beta) * g, approx)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("levels", ["binary", "ternary", [-1.0, 0.2, 0.5, 2.0]])
+def test_softmax_into_matches_reference(levels, dtype):
+    m = mm.Softmax(levels)
+    th = torch.randn(500, len(m.levels), dtype=dtype, generator=torch.Generator().manual_seed(1)) * 3
+    for beta in (1.0, 30.0):
+        _same(m.to_primal_into(th, beta, torch.empty(500, dtype=dtype)), m.to_primal(th, beta), True)
 
 
 @pytest.mark.parametrize("name", proxopt.available())
@@ -48,7 +72,7 @@ def test_step_leaves_gradients_alone(name):
     grads = [p.grad.clone() for p in lin.parameters()]
     opt.step()
     assert all(torch.equal(p.grad, g) for p, g in zip(lin.parameters(), grads))
-    if name != "pq":
+    if isinstance(opt, proxopt.LatentOptimizer):
         for p in lin.parameters():
             assert opt.state[p]["latent"].grad is None
 

@@ -119,6 +119,7 @@ class WrappedOptimizer(Optimizer):
                             f"but got {torch.typename(params)}")
         self._base_cls = base
         self._base_kwargs = dict(base_kwargs)
+        self._workspace: Dict[Tuple[torch.dtype, torch.device], Tensor] = {}
         self._building = True
         super().__init__(params, own)
         self._building = False
@@ -197,8 +198,12 @@ class WrappedOptimizer(Optimizer):
         raise ``ValueError`` naming the parameter when the group has
         ``nonfinite="raise"`` (the default), or skip the whole step with a
         ``RuntimeWarning`` when ``nonfinite="skip"``: parameters, latents and
-        base state then stay exactly as they were. One fused max-abs reduction
-        per gradient and one host sync per step.
+        base state then stay exactly as they were.
+
+        Cost: one vectorized ``sum`` per gradient and one host sync per step.
+        inf and NaN propagate through a sum, so a finite total proves the
+        gradient finite; a non-finite total (which a sum of huge finite values
+        can also give) is confirmed exactly with ``isfinite`` before acting.
         """
         grads: List[Tensor] = []
         where: List[Tuple[int, int, str]] = []
@@ -215,20 +220,33 @@ class WrappedOptimizer(Optimizer):
                     where.append((gi, pi, group["nonfinite"]))
         if not grads:
             return True
-        norms = torch._foreach_norm(grads, float("inf")) if hasattr(torch, "_foreach_norm") else \
-            [torch.linalg.vector_norm(g, float("inf")) for g in grads]
-        finite = torch.stack([n.float().to(grads[0].device) for n in norms]).isfinite()
+        sums = torch.stack([g.sum().to(device=grads[0].device, dtype=torch.float64) for g in grads])
+        if bool(sums.isfinite().all()):
+            return True
+        finite = torch.tensor([bool(torch.isfinite(g).all()) if not bool(s.isfinite()) else True
+                               for g, s in zip(grads, sums)])
         if bool(finite.all()):
             return True
-        bad = int((~finite).nonzero()[0])
-        gi, pi, mode = where[bad]
+        bad_flags = (~finite).tolist()
+        raising = [i for i, b in enumerate(bad_flags) if b and where[i][2] == "raise"]
+        bad = raising[0] if raising else bad_flags.index(True)
+        gi, pi, _ = where[bad]
         msg = (f"non-finite gradient (inf or NaN) in parameter {pi} of group {gi} "
                f"(shape {tuple(grads[bad].shape)})")
-        if any(w[2] == "raise" for w, ok in zip(where, finite.tolist()) if not ok):
+        if raising:
             raise ValueError(f"Invalid gradient: {msg}; nothing was changed. Use a torch.amp.GradScaler, or "
                              "nonfinite='skip' to skip such steps with a warning")
         warnings.warn(f"proxopt: skipped a step because of a {msg}", RuntimeWarning, stacklevel=3)
         return False
+
+    def _scratch(self, theta: Tensor) -> Tensor:
+        """A workspace view of ``theta``'s shape, reused across parameters and steps (largest latent)."""
+        key = (theta.dtype, theta.device)
+        buf = self._workspace.get(key)
+        if buf is None or buf.numel() < theta.numel():
+            buf = torch.empty(theta.numel(), dtype=theta.dtype, device=theta.device)
+            self._workspace[key] = buf
+        return buf[: theta.numel()].view(theta.shape)
 
     # ------------------------------------------------------------- state dict
     def __getstate__(self) -> Dict[str, Any]:
@@ -251,6 +269,12 @@ class WrappedOptimizer(Optimizer):
         sd = super().state_dict()
         sd["base"] = self.base_optimizer.state_dict()
         sd["proxopt"] = self._identity()
+        # The base optimizer's parameters mirror the outer ones one for one (same
+        # flat index), so its per-parameter state can also travel inside the outer
+        # per-parameter entry: tools that re-index optimizer state per parameter
+        # (ZeroRedundancyOptimizer consolidation) then keep it.
+        for idx, st in sd["base"]["state"].items():
+            sd["state"].setdefault(idx, {})["base_state"] = st
         return sd
 
     def _validate_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -287,6 +311,8 @@ class WrappedOptimizer(Optimizer):
         """
         self._validate_state_dict(state_dict)
         outer = {k: v for k, v in state_dict.items() if k not in ("base", "proxopt")}
+        outer["state"] = {k: {kk: vv for kk, vv in v.items() if kk != "base_state"}
+                          for k, v in outer["state"].items()}
         self._load(outer, state_dict["base"])
 
     def _load(self, outer: Dict[str, Any], base: Dict[str, Any]) -> None:
@@ -344,7 +370,6 @@ class LatentOptimizer(WrappedOptimizer):
     def __init__(self, params: Any, base: Type[Optimizer], own: Dict[str, Any], base_kwargs: Dict[str, Any]) -> None:
         self._transform_cache: Dict[str, Transform] = {}
         self._projected: Dict[int, float] = {}
-        self._workspace: Dict[Tuple[torch.dtype, torch.device], Tensor] = {}
         self._flips: Optional[Dict[int, Tuple[int, int]]] = None
         own = dict(own)
         own["scale"] = base_kwargs.pop("scale", None)
@@ -361,7 +386,8 @@ class LatentOptimizer(WrappedOptimizer):
         key = repr(self._transform_key(group))
         tr = self._transform_cache.get(key)
         if tr is None:
-            tr = self._build_transform(group)
+            from .transforms import ShardLocal
+            tr = ShardLocal(self._build_transform(group))
             self._transform_cache[key] = tr
         return tr
 
@@ -407,20 +433,11 @@ class LatentOptimizer(WrappedOptimizer):
         """The latents ``theta`` of a quantized group, in parameter order."""
         return [self.state[p]["latent"] for p in group["params"]]
 
-    def _scratch(self, theta: Tensor) -> Tensor:
-        """A workspace view of ``theta``'s shape, reused across parameters and steps (largest latent)."""
-        key = (theta.dtype, theta.device)
-        buf = self._workspace.get(key)
-        if buf is None or buf.numel() < theta.numel():
-            buf = torch.empty(theta.numel(), dtype=theta.dtype, device=theta.device)
-            self._workspace[key] = buf
-        return buf[: theta.numel()].view(theta.shape)
-
     @torch.no_grad()
     def _write(self, tr: Transform, group: Dict[str, Any], p: Tensor, theta: Tensor, v: Optional[float]) -> None:
         """``p = alpha * F_v(theta)`` (or the hard levels when ``v`` is None), in place."""
         scratch = self._scratch(theta) if tr.needs_scratch and v is not None else None
-        same = p.dtype == theta.dtype and p.shape == theta.shape
+        same = p.dtype == theta.dtype
         out: Optional[Tensor] = None
         if v is None:
             w = tr.hard(theta)
@@ -467,8 +484,42 @@ class LatentOptimizer(WrappedOptimizer):
                 theta.copy_(tr.reencode(theta, old, v))
         self._project(gi, group)
 
+    @torch.no_grad()
+    def _relink(self) -> bool:
+        """Re-attach state entries that were replaced from outside (ZeRO's ``load_state_dict``).
+
+        ``ZeroRedundancyOptimizer.load_state_dict`` assigns
+        ``optim.state[p] = saved_entry`` instead of calling ``load_state_dict``:
+        the saved latent is then a new tensor the base optimizer does not
+        step. Copy it into the base optimizer's tensor, restore the alias, and
+        move a saved ``base_state`` into the base optimizer's state.
+        """
+        changed = False
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                st = self.state.get(p)
+                if st is None:
+                    continue
+                bt = self.base_optimizer.param_groups[gi]["params"][pi]
+                lat = st.get("latent")
+                if group["quantize"] and lat is not None and lat is not bt:
+                    bt.copy_(lat)
+                    st["latent"] = bt
+                    changed = True
+                bs = st.pop("base_state", None)
+                if bs is not None:
+                    self.base_optimizer.state[bt] = {
+                        k: v.to(device=bt.device, dtype=bt.dtype)
+                        if isinstance(v, Tensor) and v.is_floating_point() and k != "step" else v
+                        for k, v in bs.items()}
+                    changed = True
+        if changed:
+            self._project_all()
+        return changed
+
     def refresh(self) -> None:
         """Re-establish ``model = F(theta)`` after ``mu``/``beta`` changed (schedulers call this)."""
+        self._relink()
         for gi, g in self._quantized_groups():
             self._refresh(gi, g)
 
@@ -503,6 +554,7 @@ class LatentOptimizer(WrappedOptimizer):
             check_value(self.anneal_key, g[self.anneal_key])  # type: ignore[arg-type]
         if not self._check_grads():
             return loss
+        self._relink()
         self._sync()
         stepped: List[Tuple[int, Dict[str, Any], List[bool]]] = []
         clobbered = False

@@ -77,8 +77,8 @@ class MirrorDescent(LatentOptimizer):
             if not isinstance(group[key], bool):
                 raise TypeError(f"Invalid {key}: {group[key]!r} (expected True or False)")
         if not group["stable"] and not m.strict:
-            raise ValueError(f"Invalid stable: False with mirror_map={m!r} (its projection is not strictly "
-                             "increasing, so only the stable form is defined)")
+            raise ValueError(f"Invalid stable: False with mirror_map={m!r} (only the stable form is defined "
+                             "for this map, THEORY.md §5)")
 
     def _transform_key(self, group: Dict[str, Any]) -> Tuple[Any, ...]:
         return ("md", group["mirror_map"], group["stable"], group["exact_gradient"])

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..levels import make_levels, nearest
+from ..levels import BINARY, make_levels, nearest
 from .engine import WrappedOptimizer, check_value
 
 __all__ = ["ProxQuant", "prox_to_levels"]
@@ -31,6 +31,10 @@ def prox_to_levels(x: Tensor, levels: Tuple[float, ...], amount: float) -> Tenso
         >>> prox_to_levels(torch.tensor([0.5, -0.95, 1.5]), (-1.0, 1.0), 0.1)
         tensor([ 0.6000, -1.0000,  1.0000])
     """
+    if levels == BINARY:  # sign(x) min(|x| + amount, 1) on the clipped x, sign(0) = +1
+        x = x.clamp(-1.0, 1.0)
+        mag = x.abs().add_(amount).clamp_max_(1.0)
+        return torch.ge(x, 0.0, out=x).mul_(2.0).sub_(1.0).mul_(mag)
     x = x.clamp(levels[0], levels[-1])
     q = nearest(x, levels)
     d = x - q

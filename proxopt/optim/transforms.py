@@ -147,5 +147,82 @@ class MirrorPair(Transform):
     def reencode(self, theta: Tensor, old: float, new: float) -> Tensor:
         """``P_new^{-1}(P_old(theta))``: the dual recomputed from the kept primal point."""
         m = self.map
-        point = m.to_simplex(theta, old) if self.multi else m.to_primal(theta, old)  # type: ignore[attr-defined]
-        return m.to_dual(point, new)
+        if self.multi:
+            return m.reencode(theta, old, new)  # type: ignore[attr-defined]
+        return m.to_dual(m.to_primal(theta, old), new)
+
+
+def _dtensor_cls():
+    try:
+        from torch.distributed.tensor import DTensor
+        return DTensor
+    except Exception:  # pragma: no cover - torch without distributed
+        return None
+
+
+class ShardLocal(Transform):
+    """Run a transform on the local shards of DTensors (FSDP2 / tensor parallel).
+
+    Every (F, B') pair is elementwise (the softmax dual elementwise per weight),
+    so computing it shard by shard is exact; only the results that the engine
+    keeps (latents, new tensors it copies) are wrapped back as DTensors with
+    the same mesh and placements.
+    """
+
+    def __init__(self, inner: Transform) -> None:
+        self.inner = inner
+        for k in ("primal", "unit_backward", "levels", "needs_scratch", "scalable"):
+            setattr(self, k, getattr(inner, k))
+
+    @staticmethod
+    def _loc(t):
+        D = _dtensor_cls()
+        return t.to_local() if D is not None and isinstance(t, D) else t
+
+    @staticmethod
+    def _wrap(local, like, shape=None):
+        D = _dtensor_cls()
+        if D is None or not isinstance(like, D):
+            return local
+        shape = tuple(like.shape) if shape is None else tuple(shape)
+        stride = torch.empty(shape, device="meta").stride()
+        return D.from_local(local, like.device_mesh, like.placements, run_check=False, shape=torch.Size(shape),
+                            stride=stride)
+
+    def _scr(self, scratch, theta_local):
+        if scratch is None:
+            return None
+        return scratch.reshape(-1)[: theta_local.numel()].view(theta_local.shape)
+
+    def init_latent(self, p):
+        loc = self._loc(p)
+        lat = self.inner.init_latent(loc)
+        return self._wrap(lat, p, tuple(p.shape) + tuple(lat.shape[loc.dim():]))
+
+    def forward(self, theta, v):
+        loc = self._loc(theta)
+        w = self.inner.forward(loc, v)
+        return self._wrap(w, theta, theta.shape[: w.dim()])
+
+    def backward(self, theta, g, v):
+        return self._wrap(self.inner.backward(self._loc(theta), self._loc(g), v), theta)
+
+    def project_into(self, theta, v, out, scratch):
+        lt = self._loc(theta)
+        self.inner.project_into(lt, v, self._loc(out), self._scr(scratch, lt))
+        return out
+
+    def grad_into(self, theta, g, v, out, scratch):
+        lt = self._loc(theta)
+        r = self.inner.grad_into(lt, self._loc(g), v, self._loc(out), self._scr(scratch, lt))
+        if r is self._loc(g) or r.data_ptr() == self._loc(g).data_ptr():
+            return g
+        return out if out is not None else self._wrap(r, theta)
+
+    def hard(self, theta):
+        loc = self._loc(theta)
+        h = self.inner.hard(loc)
+        return self._wrap(h, theta, theta.shape[: h.dim()])
+
+    def reencode(self, theta, old, new):
+        return self._wrap(self.inner.reencode(self._loc(theta), old, new), theta)
