@@ -163,8 +163,4 @@ def nearest(x: Tensor, levels: Tuple[float, ...] = BINARY) -> Tensor:
     """
     if levels == BINARY:  # 1{x >= 0} * 2 - 1 (one comparison, two in-place passes)
         return torch.ge(x, 0.0, out=torch.empty_like(x)).mul_(2.0).sub_(1.0)
-    if len(levels) == 2:
-        lo, hi = levels
-        lv = levels_tensor(levels, x)
-        return torch.where(x >= (lo + hi) / 2.0, lv[1], lv[0])
     return levels_tensor(levels, x)[nearest_index(x, levels)]

@@ -84,7 +84,7 @@ class MirrorMap:
         raise NotImplementedError
 
     def to_primal_into(self, theta: Tensor, beta: float, out: Tensor) -> Tensor:
-        """Write ``to_primal(theta, beta)`` into ``out`` (bit for bit; in place where possible)."""
+        """Write ``to_primal(theta, beta)`` into ``out`` (bit for bit unless the subclass documents otherwise)."""
         return out.copy_(self.to_primal(theta, beta))
 
     def primal_grad_into(self, theta: Tensor, g: Tensor, beta: float, out: Tensor) -> Tensor:
@@ -96,7 +96,7 @@ class MirrorMap:
         return self.potential(w, beta) - self.potential(v, beta) - self.to_dual(v, beta) * (w - v)
 
     def hard(self, theta: Tensor) -> Tensor:
-        """Exact level for each dual entry: nearest level of ``P(theta)`` (``sign`` when binary)."""
+        """Exact levels: the ``beta -> inf`` limit of ``P_beta(theta)`` (``sign`` when binary)."""
         return nearest(theta, self.levels)
 
     def init_dual(self, p: Tensor) -> Tensor:
@@ -133,7 +133,8 @@ class Tanh(MirrorMap):
                   \\mathrm{Bern}(\\tfrac{1+v}{2}))
 
     ``to_dual`` clamps ``w`` into the open interval at the largest float below
-    1 of ``w``'s dtype, so it is finite at ``±1``. ``hard`` is ``sign`` with
+    1 of ``w``'s dtype, so it is finite at ``±1``; ``bregman`` computes the
+    complements ``(1 - w)/2`` directly, so it stays finite there. ``hard`` is ``sign`` with
     ``sign(0) = +1``.
 
     Example:
@@ -169,8 +170,9 @@ class Tanh(MirrorMap):
         return (torch.xlogy(1.0 + w, 1.0 + w) + torch.xlogy(1.0 - w, 1.0 - w)) / (2.0 * beta)
 
     def bregman(self, w: Tensor, v: Tensor, beta: float = 1.0) -> Tensor:
-        p, q = (1.0 + w) / 2.0, (1.0 + v) / 2.0
-        kl = torch.xlogy(p, p) - torch.xlogy(p, q) + torch.xlogy(1.0 - p, 1.0 - p) - torch.xlogy(1.0 - p, 1.0 - q)
+        p, pc = (1.0 + w) / 2.0, (1.0 - w) / 2.0  # complements computed directly: exact near ±1
+        q, qc = (1.0 + v) / 2.0, (1.0 - v) / 2.0
+        kl = torch.xlogy(p, p) - torch.xlogy(p, q) + torch.xlogy(pc, pc) - torch.xlogy(pc, qc)
         return kl / beta
 
     def config(self) -> Dict[str, Any]:
@@ -265,11 +267,15 @@ class ShiftedTanh(MirrorMap):
     def to_dual(self, w: Tensor, beta: float = 1.0) -> Tensor:
         m = _below_one(w)
         wd = w.clamp(-m, m).double()
-        a = wd.abs()
         log_c = beta + math.log1p(math.exp(-2.0 * beta)) - math.log(2.0)
         inv_c2 = math.exp(-2.0 * log_c)
-        theta = (log_c + torch.log(a + torch.sqrt(a * a + (1.0 - a * a) * inv_c2)) - torch.log1p(-a)) / (2.0 * beta)
-        return (torch.sign(wd) * theta).to(w.dtype)
+
+        def f(a: Tensor) -> Tensor:
+            return (log_c + torch.log(a + torch.sqrt(a * a + (1.0 - a * a) * inv_c2)) - torch.log1p(-a)) / (2.0 * beta)
+
+        f0 = f(torch.zeros((), dtype=torch.float64, device=w.device))  # 0 up to rounding
+        # odd extension written without sign/abs, so autograd is right at w = 0 too
+        return torch.where(wd >= 0, f(wd) - f0, f0 - f(-wd)).to(w.dtype)
 
     def potential(self, w: Tensor, beta: float = 1.0) -> Tensor:
         theta = self.to_dual(w, beta).double()
@@ -296,7 +302,7 @@ class Softmax(MirrorMap):
         D(u, v) = \\mathrm{KL}(u\\|v)/\\beta
 
     ``to_primal`` returns ``w``; ``to_simplex`` returns ``u``; ``to_dual(u)``
-    is ``log(u)/beta`` (``u`` clamped at the dtype's eps); ``potential`` and
+    is ``log(u)/beta`` (``u`` clamped at the dtype's smallest normal number); ``potential`` and
     ``bregman`` take simplex points (last dimension ``d``). The pull-back of
     ``g_w`` to the dual is ``g_u = g_w q`` (the skipped softmax Jacobian is
     the MD/straight-through step). ``hard`` is ``q`` at the argmax of

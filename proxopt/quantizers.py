@@ -83,7 +83,10 @@ class Quantizer:
         raise NotImplementedError
 
     def value_into(self, theta: Tensor, mu: float, out: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
-        """Write ``value(theta, mu)`` into ``out`` (same values bit for bit) and return ``out``.
+        """Write ``value(theta, mu)`` into ``out`` and return ``out``.
+
+        Bit for bit equal to :meth:`value` unless the subclass documents
+        otherwise (the tanh and sign-Swish kernels go through ``sigmoid``).
 
         The optimizers call this in their hot path; subclasses override it with
         in-place kernels that allocate no temporaries. ``scratch`` is a
@@ -93,7 +96,7 @@ class Quantizer:
 
     def grad_into(self, theta: Tensor, g: Tensor, mu: float, out: Tensor,
                   scratch: Optional[Tensor] = None) -> Tensor:
-        """Write ``derivative(theta, mu) * g`` into ``out`` (bit for bit) and return ``out``."""
+        """Write ``derivative(theta, mu) * g`` into ``out`` and return ``out`` (as :meth:`value_into`)."""
         return torch.mul(self.derivative(theta, mu), g, out=out)
 
     def hard(self, theta: Tensor) -> Tensor:
@@ -323,8 +326,9 @@ class SignSwish(Quantizer):
     def value_into(self, theta: Tensor, mu: float, out: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
         """In place through ``s = sigma(mu theta)``: ``SS = 2s - 1 + 2 mu theta s (1 - s)``.
 
-        This is [BNN+]'s own form; it agrees with :meth:`value` to a few ulp
-        of 1 (absolute) and needs one workspace tensor.
+        This is [BNN+]'s own form; it agrees with :meth:`value` to about
+        ``2 |mu theta|`` ulp of 1 before sigma saturates (``s (1 - s)`` cancels
+        as ``s -> 1``), at most a few dozen ulp, and needs one workspace tensor.
         """
         if scratch is None:
             return out.copy_(self.value(theta, mu))
@@ -413,12 +417,6 @@ def linear_prox(theta: Tensor, levels: Tuple[float, ...], a: float, b: float) ->
     s = (1.0 - b) / (1.0 - a)
     if levels == BINARY and b == 0.0:  # the "linear" member: clip(s * theta, -1, 1)
         return (theta * s).clamp(-1.0, 1.0)
-    if len(levels) == 2:
-        h = hi - lo
-        lv2 = levels_tensor(levels, x)
-        q = torch.where(x >= (lo + hi) / 2.0, lv2[1], lv2[0])
-        d = x - q
-        return q + torch.sign(d) * (d.abs() - a * h / 2.0).clamp_min(0.0) * s
     lv = levels_tensor(levels, x)
     idx = nearest_index(x, levels)
     q = lv[idx]

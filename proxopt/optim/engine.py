@@ -83,6 +83,20 @@ def _check_nonfinite(value: Any) -> None:
         raise ValueError(f"Invalid nonfinite: {value!r} (expected 'raise' or 'skip')")
 
 
+def check_lr(value: Any) -> None:
+    """Validate a learning rate: a finite non-negative real (or a 0-d tensor holding one)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise TypeError(f"Invalid lr: {value!r} (expected a finite non-negative float)")
+        v = float(value.detach().reshape(()).item())
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"Invalid lr: {value!r} (expected a finite non-negative float)")
+    else:
+        v = float(value)
+    if not math.isfinite(v) or v < 0.0:
+        raise ValueError(f"Invalid learning rate: {v} (expected a finite non-negative float)")
+
+
 def _check_param(p: Any, where: str) -> None:
     if not isinstance(p, Tensor):
         raise TypeError(f"Invalid parameter in {where}: expected a torch.Tensor, got {type(p).__name__}")
@@ -111,6 +125,8 @@ class WrappedOptimizer(Optimizer):
         own = dict(own)
         own["nonfinite"] = base_kwargs.pop("nonfinite", "raise")
         _check_nonfinite(own["nonfinite"])
+        if "lr" in base_kwargs:
+            check_lr(base_kwargs["lr"])
         self._own: Tuple[str, ...] = tuple(own)
         if not (isinstance(base, type) and issubclass(base, Optimizer)):
             raise TypeError(f"Invalid base: {base!r} (expected a torch.optim.Optimizer subclass, e.g. torch.optim.Adam)")
@@ -143,6 +159,8 @@ class WrappedOptimizer(Optimizer):
         if not isinstance(q, bool):
             raise TypeError(f"Invalid quantize: {q!r} (expected True or False)")
         _check_nonfinite(group["nonfinite"])
+        if "lr" in group:
+            check_lr(group["lr"])
 
     def _base_params(self, group: Dict[str, Any]) -> List[Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -298,6 +316,15 @@ class WrappedOptimizer(Optimizer):
         base = state_dict.get("base")
         if not isinstance(base, dict) or len(base.get("param_groups", ())) != len(self.param_groups):
             raise ValueError("Invalid state_dict: missing or mismatched base optimizer state")
+        mine = [t for g in self.base_optimizer.param_groups for t in g["params"]]
+        ids = [i for g in base["param_groups"] for i in g["params"]]
+        if len(ids) != len(mine):
+            raise ValueError("Invalid state_dict: the base optimizer state has another number of parameters")
+        for i, t in zip(ids, mine):
+            for key, val in base.get("state", {}).get(i, {}).items():
+                if isinstance(val, Tensor) and val.dim() > 0 and val.shape != t.shape:
+                    raise ValueError(f"Invalid state_dict: base optimizer state {key!r} of parameter {i} has shape "
+                                     f"{tuple(val.shape)}, expected {tuple(t.shape)}")
 
     def _structural_keys(self) -> Tuple[str, ...]:
         """Group keys that must match for a state dict to load (the configuration)."""

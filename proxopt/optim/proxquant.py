@@ -41,6 +41,13 @@ def prox_to_levels(x: Tensor, levels: Tuple[float, ...], amount: float) -> Tenso
     return q + torch.sign(d) * (d.abs() - amount).clamp_min(0.0)
 
 
+def _check_reg(value: Any) -> float:
+    v = check_value("reg", value, positive=False)
+    if v < 0:
+        raise ValueError(f"Invalid reg: {v} (expected a finite non-negative float)")
+    return v
+
+
 class ProxQuant(WrappedOptimizer):
     """ProxQuant: a base step on the soft weights, then the prox of the W-shaped regularizer.
 
@@ -89,9 +96,7 @@ class ProxQuant(WrappedOptimizer):
 
     def _normalize_group(self, group: Dict[str, Any]) -> None:
         super()._normalize_group(group)
-        group["mu"] = check_value("reg", group["mu"], positive=False)
-        if group["mu"] < 0:
-            raise ValueError(f"Invalid reg: {group['mu']} (expected a non-negative float)")
+        group["mu"] = _check_reg(group["mu"])
         group["levels"] = list(make_levels(group["levels"]))
         fa = group["freeze_at"]
         if fa is not None and (isinstance(fa, bool) or not isinstance(fa, int) or fa < 1):
@@ -99,6 +104,11 @@ class ProxQuant(WrappedOptimizer):
 
     def _structural_keys(self) -> Tuple[str, ...]:
         return ("quantize", "levels")
+
+    def _validate_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super()._validate_state_dict(state_dict)
+        for saved in state_dict["param_groups"]:
+            _check_reg(saved.get("mu", 0.0))
 
     def _base_params(self, group: Dict[str, Any]) -> List[Tensor]:
         return list(group["params"])
@@ -111,7 +121,7 @@ class ProxQuant(WrappedOptimizer):
             with torch.enable_grad():
                 loss = closure()
         for _, g in self._quantized_groups():
-            check_value("reg", g["mu"], positive=False)
+            _check_reg(g["mu"])
         if not self._check_grads():
             return loss
         self._sync()
