@@ -99,8 +99,8 @@ class MirrorMap:
         """Exact levels: the ``beta -> inf`` limit of ``P_beta(theta)`` (``sign`` when binary)."""
         return nearest(theta, self.levels)
 
-    def init_dual(self, p: Tensor) -> Tensor:
-        """Initial dual from a parameter: a copy (the model then holds ``P_beta(p)``)."""
+    def init_dual(self, p: Tensor, smoothing: float = 0.0) -> Tensor:
+        """Initial dual from a parameter: a copy (the model then holds ``P_beta(p)``); see :class:`Softmax`."""
         return p.detach().clone()
 
     def primal_grad_to_dual(self, theta: Tensor, grad: Tensor) -> Tensor:
@@ -290,6 +290,11 @@ class ShiftedTanh(MirrorMap):
         return {"name": self.name}
 
 
+#: Floor of the initial simplex point of :meth:`Softmax.init_dual`: float32's
+#: eps in every dtype, so float32 and float64 runs start from the same dual.
+_SOFTMAX_FLOOR = float(torch.finfo(torch.float32).eps)
+
+
 class Softmax(MirrorMap):
     """The softmax mirror map over ``d`` levels [MD].
 
@@ -381,8 +386,14 @@ class Softmax(MirrorMap):
         idx = (theta.size(-1) - 1) - theta.flip(-1).argmax(-1)
         return q[idx]
 
-    def init_dual(self, p: Tensor) -> Tensor:
+    def init_dual(self, p: Tensor, smoothing: float = 0.0) -> Tensor:
         """Dual whose simplex point interpolates ``clip(p)`` between its two neighbouring levels.
+
+        With ``smoothing = s > 0`` the simplex point is mixed with the uniform
+        one, ``u <- (1 - s) u + s / d``, so every level starts within
+        ``log(d / s)`` of the others in the dual. The stable optimizer form uses
+        ``s = 0.03`` (its base optimizer must traverse that gap to reach a far
+        level); the primal form, which keeps ``u`` itself, uses ``s = 0``.
 
         ``u`` puts weight ``1 - t`` on ``q_i`` and ``t`` on ``q_{i+1}`` where
         ``clip(p) = (1 - t) q_i + t q_{i+1}``; ``theta = log(u)`` with ``u``
@@ -399,7 +410,9 @@ class Softmax(MirrorMap):
         u = torch.zeros(*x.shape, len(self.levels), dtype=x.dtype, device=x.device)
         u.scatter_(-1, i.unsqueeze(-1), (1.0 - t).unsqueeze(-1))
         u.scatter_add_(-1, (i + 1).unsqueeze(-1), t.unsqueeze(-1))
-        return torch.log(u.clamp_min(torch.finfo(torch.float32).eps))
+        if smoothing:
+            u = u * (1.0 - smoothing) + smoothing / len(self.levels)
+        return torch.log(u.clamp_min(_SOFTMAX_FLOOR))
 
     def primal_grad_to_dual(self, theta: Tensor, grad: Tensor) -> Tensor:
         """``g_u = g_w q``: shape ``(..., d)``."""

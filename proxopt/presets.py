@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Tuple
 
 from torch.optim import Optimizer
 
+from .levels import BINARY, TERNARY, make_levels
 from .optim import Bop, MirrorDescent, ProxConnect, ProxConnectPP, ProxQuant
 
 __all__ = ["optimizer", "available", "describe"]
@@ -62,9 +63,10 @@ def _bop(params: Any, threshold: float = 1e-8, gamma: float = 1e-4, **kw: Any) -
 
 
 def _tanh_map(levels: Any, stable: bool) -> Dict[str, Any]:
-    if levels in ("binary", 1, (-1.0, 1.0), [-1.0, 1.0]):
+    lv = make_levels(levels)
+    if lv == BINARY:
         return {"name": "tanh"}
-    if levels == "ternary" or levels in ((-1.0, 0.0, 1.0), [-1.0, 0.0, 1.0]):
+    if lv == TERNARY:
         if not stable:
             raise ValueError(f"Invalid levels: {levels!r} for md-tanh (the ternary shifted-tanh map exists in "
                              "the stable form only: use md-tanh-s)")
@@ -80,7 +82,7 @@ def _md(mirror: str, stable: bool, exact: bool = False) -> Callable[..., Optimiz
         elif mirror == "tanh":
             m = _tanh_map(levels, stable)
         else:
-            if levels != "binary":
+            if make_levels(levels) != BINARY:
                 raise ValueError(f"Invalid levels: {levels!r} (the linear map is binary)")
             m = {"name": mirror}
         return MirrorDescent(params, mirror_map=m, beta=beta, stable=stable, exact_gradient=exact, **kw)

@@ -119,8 +119,12 @@ class MirrorPair(Transform):
         self.levels = mirror_map.levels
         self.scalable = not self.multi
 
+    #: simplex smoothing of the softmax dual's start in the stable form (see ``Softmax.init_dual``)
+    STABLE_SMOOTHING = 0.03
+
     def init_latent(self, p: Tensor) -> Tensor:
-        return self.map.init_dual(p.detach().to(latent_dtype(p)))
+        smoothing = self.STABLE_SMOOTHING if (self.multi and not self.primal) else 0.0
+        return self.map.init_dual(p.detach().to(latent_dtype(p)), smoothing)
 
     def forward(self, theta: Tensor, v: float) -> Tensor:
         return self.map.to_primal(theta, v)
