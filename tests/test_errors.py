@@ -16,10 +16,10 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import proxopt
-from optim_db import ADAM_BASE, CONFIGS, SGD_BASE, OptimConfig, TinyNet, config_ids, tiny_loss
+from optim_db import ADAM_BASE, CONFIGS, assert_same, SGD_BASE, OptimConfig, TinyNet, config_ids, tiny_loss
 
 all_configs = pytest.mark.parametrize("cfg", CONFIGS, ids=config_ids(CONFIGS))
 ANNEALED = [c for c in CONFIGS if c.anneal_key]
@@ -51,27 +51,6 @@ def snapshot(model: nn.Module, opt: Any) -> Dict[str, Any]:
     return {"model": copy.deepcopy(model.state_dict()), "opt": copy.deepcopy(opt.state_dict()),
             "groups": [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in opt.param_groups],
             "n_base_groups": len(opt.base_optimizer.param_groups)}
-
-
-def assert_same(a: Any, b: Any, where: str = "") -> None:
-    if isinstance(a, Tensor):
-        assert isinstance(b, Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        if a.is_floating_point():
-            torch.testing.assert_close(a, b, rtol=0.0, atol=0.0, equal_nan=True, msg=lambda m: f"{where}: {m}")
-        else:
-            assert torch.equal(a, b), f"{where}: tensors differ"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys differ"
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{where}: lengths differ"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), where
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def value_text(v: Any) -> str:

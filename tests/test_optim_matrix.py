@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 import proxopt
-from optim_db import (CONFIGS, LATENT_CONFIGS, OptimConfig, TinyNet, config_ids, ref_forward, ref_hard, ref_nearest,
+from optim_db import (CONFIGS, assert_same, LATENT_CONFIGS, OptimConfig, TinyNet, config_ids, ref_forward, ref_hard, ref_nearest,
                       tiny_loss)
 
 DTYPES = [torch.float32, torch.float64]
@@ -45,25 +45,6 @@ def train_step(model: TinyNet, opt: torch.optim.Optimizer, t: int) -> None:
 def latent_of(opt: Any, cfg: OptimConfig, p: Tensor) -> Tensor:
     """The tensor the base optimizer updates for ``p``: its latent, or ``p`` itself (ProxQuant)."""
     return opt.state[p]["latent"] if cfg.latent else p
-
-
-def assert_same(a: Any, b: Any, where: str = "") -> None:
-    """Recursive bitwise equality of nested dicts / lists / tensors (dtype included)."""
-    if isinstance(a, Tensor):
-        assert isinstance(b, Tensor), where
-        assert a.dtype == b.dtype and a.shape == b.shape, \
-            f"{where}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
-        assert torch.equal(a, b), f"{where}: tensors differ (max abs diff {(a - b).abs().max().item()})"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {sorted(map(str, a))} vs {sorted(map(str, b))}"
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{where}: {a!r} vs {b!r}"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def snapshot(model: nn.Module, opt: torch.optim.Optimizer) -> Dict[str, Any]:
