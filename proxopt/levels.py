@@ -132,7 +132,7 @@ def nearest_index(x: Tensor, levels: Tuple[float, ...]) -> Tensor:
     halves = tuple(s / 2.0 for s, _ in parts)
     mids = levels_tensor(halves, x)
     if all(e == 0.0 for _, e in parts) and mids.tolist() == list(halves):
-        return torch.bucketize(x, mids, right=True)
+        return torch.bucketize(x.contiguous(), mids, right=True)
     xd = x.double()
     s = torch.tensor([p[0] for p in parts], dtype=torch.float64, device=x.device)
     e = torch.tensor([p[1] for p in parts], dtype=torch.float64, device=x.device)
