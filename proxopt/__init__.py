@@ -4,6 +4,7 @@ Replace ``torch.optim.Adam`` with a proxopt optimizer and the model holds
 quantized weights ``w = F(theta)`` while the optimizer keeps the latent
 ``theta`` in its state (THEORY.md §2).
 """
+from . import distributed
 from . import export
 from . import groups
 from . import levels
@@ -40,6 +41,7 @@ __all__ = [
     "available",
     "check_pair",
     "describe",
+    "distributed",
     "export",
     "groups",
     "levels",

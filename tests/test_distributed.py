@@ -125,22 +125,8 @@ def reference(make_opt: Callable[[torch.nn.Module], Any],
 
 # ------------------------------------------------------------------- worker
 def sync_projected(zero: Any, params: List[torch.Tensor]) -> None:
-    """Give every rank ``F(theta)`` of the parameters it does not own.
-
-    ZeroRedundancyOptimizer builds the proxopt optimizer on each rank's share
-    only, so at construction (and after loading a checkpoint) each rank has
-    written ``F(theta)`` into its own share while the others still hold other
-    values: the first forward would run different weights on different
-    ranks. Broadcasting each parameter from its owner (found from the public
-    ``zero.optim``) fixes it.
-    """
-    dist = torch.distributed
-    mine = {id(p) for g in zero.optim.param_groups for p in g["params"]}
-    owner = torch.tensor([dist.get_rank() if id(p) in mine else 0 for p in params])
-    dist.all_reduce(owner)
-    with torch.no_grad():
-        for p, r in zip(params, owner.tolist()):
-            dist.broadcast(p.data, src=r)
+    """Every rank gets ``F(theta)`` of the parameters it does not own (proxopt.distributed.sync_zero)."""
+    proxopt.distributed.sync_zero(zero, params)
 
 
 def _train(model: Any, opt: Any, rank: int, steps: range) -> None:
