@@ -28,7 +28,7 @@ def html(tmp_path_factory):
 
 def test_build_is_warning_free(html):
     assert (html / "index.html").is_file()
-    for page in ("getting_started", "methods", "theory", "checkpoints", "export", "api/index"):
+    for page in ("getting_started", "methods", "theory", "checkpoints", "export", "reliability", "api/index"):
         assert (html / f"{page}.html").is_file(), page
 
 
@@ -45,7 +45,7 @@ def test_every_public_object_is_documented(html):
         if f"proxopt.{name}" not in ids and own not in ids:
             missing.append(name)
     assert not missing, f"public names without an API entry in docs/api/: {missing}"
-    for module in ("quantizers", "mirror_maps", "levels", "groups", "summary", "export"):
+    for module in ("quantizers", "mirror_maps", "levels", "groups", "summary", "export", "distributed"):
         assert f"module-proxopt.{module}" in (html / "api" / f"{module}.html").read_text(encoding="utf-8")
 
 
