@@ -28,6 +28,7 @@ import pytest
 import torch
 
 import proxopt
+from optim_db import assert_same
 
 PRESETS = proxopt.available()
 LOW = (torch.bfloat16, torch.float16)
@@ -68,24 +69,6 @@ def snapshot(model: torch.nn.Module, opt: Any) -> Dict[str, Any]:
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
     buf.seek(0)
     return torch.load(buf, weights_only=True)
-
-
-def assert_same(a: Any, b: Any, path: str = "") -> None:
-    """Recursive bitwise equality (tensors: dtype, shape and bits)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
-        assert torch.equal(a, b) or (a.isnan() == b.isnan()).all() and torch.equal(a.nan_to_num(), b.nan_to_num()), \
-            f"{path} changed"
-    elif isinstance(a, dict):
-        assert set(a) == set(b), f"{path}: keys {set(a) ^ set(b)}"
-        for k in a:
-            assert_same(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), f"{path}: {a!r} != {b!r}"
 
 
 def train_step(model: torch.nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor) -> float:

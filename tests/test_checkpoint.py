@@ -28,6 +28,7 @@ import pytest
 import torch
 
 import proxopt
+from optim_db import assert_same
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K, N = 3, 6  # checkpoint after step K, train to step N
@@ -122,29 +123,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(out)
 
 
-def assert_bitwise(a: Any, b: Any, path: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor), path
-        assert a.dtype == b.dtype and a.shape == b.shape, (path, a.dtype, b.dtype, a.shape, b.shape)
-        assert torch.equal(a, b), f"{path}: max |diff| {float((a.double() - b.double()).abs().max())}"
-    elif isinstance(a, dict):
-        assert set(a) == set(b), (path, set(a) ^ set(b))
-        for k in a:
-            assert_bitwise(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_bitwise(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_resume_in_a_fresh_process_is_bitwise_identical(runs: str, name: str) -> None:
     full = torch.load(os.path.join(runs, f"uninterrupted-{name}.pt"), weights_only=True)
     resumed = torch.load(os.path.join(runs, f"resumed-{name}.pt"), weights_only=True)
     ck = torch.load(os.path.join(runs, f"ckpt-{name}.pt"), weights_only=True)
-    assert_bitwise(full, resumed)
+    assert_same(full, resumed)
     # the run really moved on after the checkpoint (the comparison is not vacuous)
     assert any(not torch.equal(full["model"][k], ck["model"][k]) for k in full["model"])
     assert full["anneal"]["last_step"] == N and ck["anneal"]["last_step"] == K
@@ -224,7 +208,7 @@ def test_loading_a_mismatched_state_dict_raises_and_changes_nothing(case: str) -
     before = frozen_copy(model, opt)
     with pytest.raises(ValueError, match="Invalid state_dict"):
         opt.load_state_dict(sd)
-    assert_bitwise(before, frozen_copy(model, opt))
+    assert_same(before, frozen_copy(model, opt))
     # the optimizer is still usable and consistent: one more step works
     trained(lambda m: opt, model, steps=1)
 
@@ -238,7 +222,7 @@ def test_loading_a_nonfinite_latent_raises_and_changes_nothing() -> None:
     before = frozen_copy(model, opt)
     with pytest.raises(ValueError, match="not finite"):
         opt.load_state_dict(sd)
-    assert_bitwise(before, frozen_copy(model, opt))
+    assert_same(before, frozen_copy(model, opt))
 
 
 def test_loading_a_foreign_dict_raises() -> None:
@@ -250,7 +234,7 @@ def test_loading_a_foreign_dict_raises() -> None:
         opt.load_state_dict(adam.state_dict())
     with pytest.raises(ValueError, match="Invalid state_dict"):
         opt.load_state_dict({"weights": 1})
-    assert_bitwise(before, frozen_copy(model, opt))
+    assert_same(before, frozen_copy(model, opt))
 
 
 def test_anneal_scheduler_state_for_another_key_raises() -> None:
@@ -274,4 +258,4 @@ def test_loaded_latents_are_copies_not_aliases_of_the_checkpoint() -> None:
         for t in v.values():
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim():
                 t.add_(1.0)
-    assert_bitwise(after, frozen_copy(model, opt))
+    assert_same(after, frozen_copy(model, opt))
