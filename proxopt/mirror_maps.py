@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .levels import BINARY, TERNARY, LevelsSpec, levels_tensor, make_levels, nearest
-from .quantizers import tanh_grad_into, tanh_into
+from .quantizers import _SIGMOID_CUT, _const, sigmoid_into, tanh_grad_into, tanh_into
 
 __all__ = ["MirrorMap", "Tanh", "Linear", "Softmax", "ShiftedTanh", "get", "available"]
 
@@ -36,6 +36,11 @@ __all__ = ["MirrorMap", "Tanh", "Linear", "Softmax", "ShiftedTanh", "get", "avai
 def _below_one(t: Tensor) -> float:
     """Largest value of ``t``'s dtype strictly below 1 (1 - eps/2)."""
     return 1.0 - torch.finfo(t.dtype).eps / 2.0
+
+
+def _affine_into(a: float, s: Tensor, b: float, out: Tensor) -> Tensor:
+    """``out = a + b * s`` in one pass (``torch.add`` with a 0-d ``a`` and ``alpha = b``)."""
+    return torch.add(_const(a, s), s, alpha=b, out=out)
 
 
 def _log_cosh(y: Tensor) -> Tensor:
@@ -90,6 +95,21 @@ class MirrorMap:
     def primal_grad_into(self, theta: Tensor, g: Tensor, beta: float, out: Tensor) -> Tensor:
         """Write ``primal_derivative(theta, beta) * g`` into ``out`` (scalar-dual maps)."""
         return torch.mul(self.primal_derivative(theta, beta), g, out=out)
+
+    def renormalize_(self, theta: Tensor, beta: float, scratch: Optional[Tensor] = None) -> Tensor:
+        """The primal form's per-step re-encoding at a fixed ``beta``, in place.
+
+        The primal (non-"-S") mirror-descent form keeps the primal point
+        ``w = P_beta(theta)`` and recomputes the dual from it,
+        ``theta <- P_beta^{-1}(P_beta(theta))`` (THEORY.md §5). In exact
+        arithmetic that is the identity wherever ``P_beta`` is invertible;
+        in floating point it is what the saturation of ``P_beta`` does to
+        ``theta``. This default runs the round trip; maps override it with
+        the equivalent cheap form (:class:`Tanh`: a clamp, :class:`Softmax`:
+        the log-partition renormalisation). ``scratch`` is an optional
+        workspace of ``theta``'s shape.
+        """
+        return theta.copy_(self.to_dual(self.to_primal(theta, beta), beta))
 
     def bregman(self, w: Tensor, v: Tensor, beta: float = 1.0) -> Tensor:
         """``D(w, v) = Phi(w) - Phi(v) - <grad Phi(v), w - v>`` (elementwise)."""
@@ -152,15 +172,47 @@ class Tanh(MirrorMap):
         return torch.tanh(theta * beta)
 
     def to_primal_into(self, theta: Tensor, beta: float, out: Tensor) -> Tensor:
-        """``tanh(beta theta)`` as ``2 sigma(2 beta theta) - 1`` in place (see ``quantizers.tanh_into``)."""
+        """``tanh(beta theta)`` as ``2 sigma(2 beta theta) - 1`` in two passes (see :func:`tanh_into`)."""
         return tanh_into(theta, beta, out)
 
     def primal_grad_into(self, theta: Tensor, g: Tensor, beta: float, out: Tensor) -> Tensor:
+        """``beta (1 - tanh^2(beta theta)) g`` in three passes (see :func:`tanh_grad_into`)."""
         return tanh_grad_into(theta, g, beta, out)
 
     def to_dual(self, w: Tensor, beta: float = 1.0) -> Tensor:
         m = _below_one(w)
         return torch.atanh(w.clamp(-m, m)) / beta
+
+    def dual_bound(self, beta: float, dtype: torch.dtype) -> float:
+        """``atanh(m) / beta`` in ``dtype``, ``m`` the largest float below 1: ``to_dual``'s value at ``w = ±1``.
+
+        ``P_beta(theta) = tanh(beta theta)`` rounds to ``±1`` (or to ``±m``)
+        beyond about this bound, and ``to_dual`` clamps ``w`` to ``[-m, m]``,
+        so the round trip ``P^{-1}(P(theta))`` maps every saturated ``theta``
+        to exactly ``±dual_bound``. Computed with the same tensor operations
+        as ``to_dual`` so the two agree bit for bit.
+        """
+        m = torch.tensor(_below_one(torch.empty((), dtype=dtype)), dtype=dtype)
+        return float(torch.atanh(m) / beta)
+
+    def renormalize_(self, theta: Tensor, beta: float, scratch: Optional[Tensor] = None) -> Tensor:
+        """Primal form at fixed ``beta``: ``theta <- clamp(theta, -b, b)``, ``b = atanh(m)/beta``, in ONE pass.
+
+        THEORY.md §5's primal form keeps ``w = tanh(beta theta)`` and
+        recomputes the dual ``theta = atanh(w)/beta`` from it before every
+        step. At a fixed ``beta`` that round trip is the identity in exact
+        arithmetic, except that ``w`` saturates in floating point and
+        ``to_dual`` clamps it to ``±m`` (``m = 1 - eps/2``): the round trip is
+        ``theta`` up to the rounding of ``w`` where ``tanh`` is not saturated
+        and exactly ``±b`` (:meth:`dual_bound`) for ``|theta| >= b``. The clamp
+        keeps unsaturated entries exactly (the exact-arithmetic result; the
+        float round trip snaps ``theta`` to ``w``'s float grid, which is coarse
+        in ``theta`` near ``±b``, so the two agree in ``w = P(theta)`` to a few
+        ulp) and sends saturated ones to the same ``±b``; NaN stays NaN. A change of ``beta`` still uses the full
+        ``to_dual(to_primal(theta, old), new)``.
+        """
+        b = self.dual_bound(beta, theta.dtype)
+        return theta.clamp_(-b, b)
 
     def primal_derivative(self, theta: Tensor, beta: float = 1.0) -> Tensor:
         t = torch.tanh(theta * beta)
@@ -206,6 +258,9 @@ class Linear(MirrorMap):
         return (theta * beta).clamp(-1.0, 1.0)
 
     def to_primal_into(self, theta: Tensor, beta: float, out: Tensor) -> Tensor:
+        """``clip(beta theta, -1, 1)`` into ``out``; one pass at ``beta = 1`` (``theta * 1`` is exact)."""
+        if beta == 1.0:
+            return torch.clamp(theta, -1.0, 1.0, out=out)
         return torch.mul(theta, beta, out=out).clamp_(-1.0, 1.0)
 
     def to_dual(self, w: Tensor, beta: float = 1.0) -> Tensor:
@@ -336,17 +391,61 @@ class Softmax(MirrorMap):
     def to_primal(self, theta: Tensor, beta: float = 1.0) -> Tensor:
         return self.to_simplex(theta, beta) @ levels_tensor(self.levels, theta)
 
-    def to_primal_into(self, theta: Tensor, beta: float, out: Tensor) -> Tensor:
-        """``w`` into ``out``; for two levels ``w = q_0 + (q_1 - q_0) sigma(beta (theta_1 - theta_0))``.
+    @staticmethod
+    def _buffers(theta: Tensor, scratch: Optional[Tensor], k: int) -> Tuple[Tensor, ...]:
+        """``k`` contiguous buffers of ``theta.shape[:-1]`` from ``scratch`` (``theta``'s shape) or new ones."""
+        shape, n = theta.shape[:-1], theta[..., 0].numel()
+        if scratch is not None and scratch.numel() >= k * n and scratch.is_contiguous():
+            flat = scratch.reshape(-1)
+            return tuple(flat[i * n:(i + 1) * n].view(shape) for i in range(k))
+        return tuple(torch.empty(shape, dtype=theta.dtype, device=theta.device) for _ in range(k))
 
-        (``softmax`` over a last dimension of size 2 is slow on CPU; the
-        closed form agrees with :meth:`to_primal` to a few ulp.)
+    @staticmethod
+    def _column_max(theta: Tensor, out: Tensor) -> Tensor:
+        """``out = max_j theta_j`` by ``d - 1`` elementwise passes over the columns (NaN propagates)."""
+        cols = theta.unbind(-1)
+        out.copy_(cols[0])
+        for c in cols[1:]:
+            torch.maximum(out, c, out=out)
+        return out
+
+    def to_primal_into(self, theta: Tensor, beta: float, out: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
+        """``w = sum_j q_j softmax(beta theta)_j`` into ``out`` without a softmax over the last dimension.
+
+        ``torch.softmax`` over a last dimension of size ``d`` (2 or 3) is slow
+        on CPU, and so are strided transcendental kernels, so every
+        transcendental here runs on contiguous ``(...)``-shaped buffers:
+
+        * two levels: ``w = q_0 + (q_1 - q_0) sigma(beta (theta_1 - theta_0))``,
+          three passes (difference, scaled logistic, fused affine);
+        * ``d > 2``: with ``M = max_j theta_j``, ``e_j = exp(beta (theta_j - M))``,
+          ``w = sum_j q_j e_j / sum_j e_j`` (about 4 passes per level), using
+          ``scratch`` (a workspace of ``theta``'s shape) for ``M``, ``e_j`` and
+          the denominator.
+
+        Agrees with :meth:`to_primal` to a few ulp of ``max |q|``.
         """
-        if len(self.levels) == 2 and out.shape == theta.shape[:-1]:
-            q0, q1 = self.levels
+        if out.shape != theta.shape[:-1]:
+            return out.copy_(self.to_primal(theta, beta))
+        q = self.levels
+        if len(q) == 2:
             t0, t1 = theta.unbind(-1)
-            return torch.sub(t1, t0, out=out).mul_(beta).sigmoid_().mul_(q1 - q0).add_(q0)
-        return out.copy_(self.to_primal(theta, beta))
+            s = sigmoid_into(torch.sub(t1, t0, out=out), beta, out)
+            return _affine_into(q[0], s, q[1] - q[0], out)
+        m, e, den = self._buffers(theta, scratch, 3)
+        self._column_max(theta, m)
+        for j, c in enumerate(theta.unbind(-1)):
+            torch.sub(c, m, out=e)
+            if beta != 1.0:
+                e.mul_(beta)
+            e.exp_()
+            if j == 0:
+                den.copy_(e)
+                torch.mul(e, q[j], out=out)
+            else:
+                den.add_(e)
+                out.add_(e, alpha=q[j])
+        return out.div_(den)
 
     def to_dual(self, u: Tensor, beta: float = 1.0) -> Tensor:
         return torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)) / beta
@@ -367,6 +466,57 @@ class Softmax(MirrorMap):
         torch.nn.functional.logsigmoid(diff, out=out[..., 1])
         torch.nn.functional.logsigmoid(diff.neg_(), out=out[..., 0])
         return out.clamp_min_(floor).div_(new)
+
+    def renormalize_(self, theta: Tensor, beta: float, scratch: Optional[Tensor] = None) -> Tensor:
+        """Primal form at fixed ``beta``: ``theta_j <- max(theta_j - LSE(beta theta)/beta, log(tiny)/beta)``.
+
+        The primal form keeps the simplex point ``u = softmax(beta theta)``
+        and recomputes ``theta = log(u)/beta`` from it before every step
+        (THEORY.md §5). At a fixed ``beta``,
+        ``log softmax(beta theta)_j / beta = theta_j - LSE(beta theta)/beta``
+        with ``LSE(x) = log sum_j exp(x_j)``: the round trip subtracts the
+        log-partition (which the base step moved off 0) and floors at
+        ``log(tiny)/beta`` as :meth:`to_dual` floors ``u`` at ``tiny``.
+        In place, with the log-partition in a contiguous buffer (from
+        ``scratch``, a workspace of ``theta``'s shape):
+
+        * two levels: ``LSE/beta = theta_1 + softplus_beta(theta_0 - theta_1)``
+          (``softplus_beta(x) = log(1 + exp(beta x))/beta``), 6 passes;
+        * ``d > 2``: ``LSE/beta = M + log(sum_j exp(beta (theta_j - M)))/beta``,
+          ``M = max_j theta_j``.
+
+        Agrees with :meth:`reencode` ``(theta, beta, beta)`` up to rounding
+        (absolute error a few ulp of ``max_j |theta_j|``).
+        """
+        d = theta.shape[-1]
+        if theta.numel() == 0:
+            return theta
+        cols = theta.unbind(-1)
+        if d == 2:
+            (lse,) = self._buffers(theta, scratch, 1)
+            torch.sub(cols[0], cols[1], out=lse)
+            torch.ops.aten.softplus.out(lse, beta, _SIGMOID_CUT, out=lse)
+            torch.add(cols[1], lse, out=lse)
+        else:
+            lse, e, tot = self._buffers(theta, scratch, 3)
+            self._column_max(theta, lse)
+            for j, c in enumerate(cols):
+                torch.sub(c, lse, out=e)
+                if beta != 1.0:
+                    e.mul_(beta)
+                e.exp_()
+                if j == 0:
+                    tot.copy_(e)
+                else:
+                    tot.add_(e)
+            tot.log_()
+            if beta != 1.0:
+                tot.div_(beta)
+            lse.add_(tot)
+        for c in cols:
+            torch.sub(c, lse, out=c)
+        floor = torch.tensor(math.log(torch.finfo(theta.dtype).tiny), dtype=theta.dtype) / beta
+        return theta.clamp_min_(float(floor))
 
     def primal_derivative(self, theta: Tensor, beta: float = 1.0) -> Tensor:
         """``dw/dtheta_j = beta u_j (q_j - w)`` (shape ``(..., d)``)."""
@@ -417,6 +567,22 @@ class Softmax(MirrorMap):
     def primal_grad_to_dual(self, theta: Tensor, grad: Tensor) -> Tensor:
         """``g_u = g_w q``: shape ``(..., d)``."""
         return grad.unsqueeze(-1) * levels_tensor(self.levels, theta)
+
+    def primal_grad_to_dual_into(self, theta: Tensor, grad: Tensor, out: Tensor) -> Tensor:
+        """``out[..., j] = q_j g_w``: :meth:`primal_grad_to_dual` into ``out`` (``theta``'s shape), bit for bit.
+
+        One strided pass per level (``copy`` for ``q_j = 1``, ``neg`` for
+        ``q_j = -1``, a scalar multiply otherwise): a broadcast
+        ``(..., 1) * (d,)`` multiply is several times slower on CPU.
+        """
+        for qj, c in zip(levels_tensor(self.levels, theta).tolist(), out.unbind(-1)):
+            if qj == 1.0:
+                c.copy_(grad)
+            elif qj == -1.0:
+                torch.neg(grad, out=c)
+            else:
+                torch.mul(grad, qj, out=c)
+        return out
 
     def config(self) -> Dict[str, Any]:
         cfg: Dict[str, Any] = {"name": self.name}

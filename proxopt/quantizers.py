@@ -33,6 +33,56 @@ from torch import Tensor
 
 from .levels import BINARY, LevelsSpec, levels_tensor, make_levels, nearest, nearest_index
 
+_CONSTS: dict = {}
+
+
+def _const(value: float, like: Tensor) -> Tensor:
+    """A cached 0-d tensor ``value`` of ``like``'s dtype and device (an operand for the fused kernels)."""
+    key = (value, like.dtype, like.device)
+    t = _CONSTS.get(key)
+    if t is None:
+        if len(_CONSTS) > 256:
+            _CONSTS.clear()
+        t = _CONSTS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return t
+
+
+def _full(value: float, like: Tensor) -> Tensor:
+    """``value`` broadcast to ``like``'s shape without memory (stride 0): a constant operand."""
+    return _const(value, like).expand_as(like)
+
+
+_BOUNDS: dict = {}
+
+
+def _open_bounds(lo: float, hi: float, like: Tensor) -> Optional[Tuple[float, float]]:
+    """``(lo', hi')`` with ``lo' < x < hi'`` iff ``lo <= x <= hi`` for every ``x`` of ``like``'s dtype.
+
+    ``lo' = nextafter(lo, -inf)`` and ``hi' = nextafter(hi, +inf)`` computed in
+    that dtype (after rounding ``lo`` and ``hi`` to it, as a comparison with a
+    Python scalar does). ``None`` for dtypes other than float32 / float64.
+    """
+    if like.dtype not in (torch.float32, torch.float64):
+        return None
+    key = (lo, hi, like.dtype)
+    b = _BOUNDS.get(key)
+    if b is None:
+        t = torch.tensor([lo, hi], dtype=like.dtype)
+        out = torch.nextafter(t, torch.tensor([-math.inf, math.inf], dtype=like.dtype))
+        b = _BOUNDS[key] = (float(out[0]), float(out[1]))
+    return b
+
+
+def sign_into(theta: Tensor, out: Tensor) -> Tensor:
+    """``out = sign(theta)`` with ``sign(±0) = +1``, in two passes: ``-1 + 2 * 1{theta >= 0}``.
+
+    ``torch.ge`` writes the indicator (``-0.0 >= 0`` holds, NaN gives 0, so
+    ``-1`` as in :func:`proxopt.levels.nearest`); the affine map is exact.
+    ``out`` may be ``theta`` itself.
+    """
+    return torch.add(_const(-1.0, out), torch.ge(theta, 0.0, out=out), alpha=2.0, out=out)
+
+
 __all__ = [
     "Quantizer",
     "Identity",
@@ -181,8 +231,13 @@ class Sign(Quantizer):
         return torch.zeros_like(theta)
 
     def value_into(self, theta: Tensor, mu: float, out: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
-        if self.levels == BINARY:  # 1{theta >= 0} * 2 - 1, in place: sign with sign(±0) = +1
-            return torch.ge(theta, 0.0, out=out).mul_(2.0).sub_(1.0)
+        if self.levels == BINARY:  # -1 + 2 * 1{theta >= 0}: sign with sign(±0) = +1, two passes
+            return sign_into(theta, out)
+        if out.is_contiguous() and out.dtype == theta.dtype:  # gather the levels straight into out
+            idx = nearest_index(theta, self.levels)  # type: ignore[arg-type]
+            torch.index_select(levels_tensor(self.levels, theta), 0, idx.reshape(-1),  # type: ignore[arg-type]
+                               out=out.view(-1))
+            return out
         return out.copy_(self.value(theta, mu))
 
     def grad_into(self, theta: Tensor, g: Tensor, mu: float, out: Tensor,
@@ -217,7 +272,18 @@ class Clip(Quantizer):
 
     def grad_into(self, theta: Tensor, g: Tensor, mu: float, out: Tensor,
                   scratch: Optional[Tensor] = None) -> Tensor:
+        """``g * 1{q_1 <= theta <= q_d}`` in one pass (``hardtanh_backward`` with widened bounds).
+
+        ``hardtanh_backward(g, theta, lo', hi')`` is ``g`` where
+        ``lo' < theta < hi'`` and 0 elsewhere; with ``lo'``, ``hi'`` one ulp
+        outside ``q_1``, ``q_d`` in ``theta``'s dtype the open interval holds
+        exactly the same values as the closed one. Equal (``torch.equal``) to
+        ``derivative(theta) * g`` for finite ``g`` (masked entries are +0.0).
+        """
         lo, hi = self.levels[0], self.levels[-1]  # type: ignore[index]
+        b = _open_bounds(lo, hi, theta)
+        if b is not None and g.dtype == theta.dtype == out.dtype and g.shape == theta.shape:
+            return torch.ops.aten.hardtanh_backward.grad_input(g, theta, b[0], b[1], grad_input=out)
         if lo == -hi:  # 1{|theta| <= hi} * g without temporaries
             return torch.abs(theta, out=out).le_(hi).mul_(g)
         return super().grad_into(theta, g, mu, out, scratch)
@@ -258,8 +324,26 @@ class Tanh(Quantizer):
         return {"name": self.name}
 
 
+#: ``beta * x`` above which ``softplus_backward`` returns its ``grad`` (sigma = 1): sigma(40) rounds to 1 in
+#: float32 and float64 alike, and exp(40) does not overflow in either.
+_SIGMOID_CUT = 40.0
+
+
+def sigmoid_into(theta: Tensor, mu: float, out: Tensor, scale: float = 1.0) -> Tensor:
+    """``out = scale * sigma(mu theta)`` in one pass, ``sigma(z) = 1 / (1 + e^{-z})``.
+
+    ``softplus_backward(scale, theta, beta=mu)`` computes
+    ``scale * e^{mu theta} / (1 + e^{mu theta})`` (``scale`` where
+    ``mu theta > 40``, where sigma is 1 to working precision), i.e. the
+    product ``mu theta`` and the sigmoid in the same pass. Within one ulp of
+    ``torch.sigmoid(mu * theta)``.
+    """
+    return torch.ops.aten.softplus_backward.grad_input(_full(scale, theta), theta, mu, _SIGMOID_CUT,
+                                                       grad_input=out)
+
+
 def tanh_into(theta: Tensor, mu: float, out: Tensor) -> Tensor:
-    """``out = tanh(mu theta)`` computed as ``2 sigma(2 mu theta) - 1`` in place.
+    """``out = tanh(mu theta)`` computed as ``2 sigma(2 mu theta) - 1`` in place (two passes).
 
     The optimizers' hot path: on CPU builds ``sigmoid`` is several times
     faster than ``tanh``. The result differs from ``torch.tanh`` by at most a
@@ -267,13 +351,17 @@ def tanh_into(theta: Tensor, mu: float, out: Tensor) -> Tensor:
     readable maps (``Tanh.value``, ``mirror_maps.Tanh.to_primal``) use
     ``torch.tanh``.
     """
-    return torch.mul(theta, 2.0 * mu, out=out).sigmoid_().mul_(2.0).sub_(1.0)
+    return sigmoid_into(theta, 2.0 * mu, out, scale=2.0).sub_(1.0)
 
 
 def tanh_grad_into(theta: Tensor, g: Tensor, mu: float, out: Tensor) -> Tensor:
-    """``out = mu (1 - tanh^2(mu theta)) g = 4 mu s (1 - s) g`` with ``s = sigma(2 mu theta)``, in place."""
-    s = torch.mul(theta, 2.0 * mu, out=out).sigmoid_()
-    return torch.addcmul(s, s, s, value=-1.0, out=s).mul_(4.0 * mu).mul_(g)
+    """``out = mu (1 - tanh^2(mu theta)) g = 4 mu s (1 - s) g`` with ``s = sigma(2 mu theta)``, in place.
+
+    Three passes: ``s`` (:func:`sigmoid_into`), ``g s (1 - s)``
+    (``sigmoid_backward``) and the scale.
+    """
+    s = sigmoid_into(theta, 2.0 * mu, out)
+    return torch.ops.aten.sigmoid_backward.grad_input(g, s, grad_input=out).mul_(4.0 * mu)
 
 
 def sign_swish(x: Tensor, mu: float = 1.0) -> Tensor:
@@ -324,27 +412,40 @@ class SignSwish(Quantizer):
         return sign_swish_derivative(theta, mu)
 
     def value_into(self, theta: Tensor, mu: float, out: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
-        """In place through ``s = sigma(mu theta)``: ``SS = 2s - 1 + 2 mu theta s (1 - s)``.
+        """``SS_mu(theta) = 2 swish'(mu theta) - 1`` in place, in three passes (two when ``mu = 1``).
 
-        This is [BNN+]'s own form; it agrees with :meth:`value` to about
-        ``2 |mu theta|`` ulp of 1 before sigma saturates (``s (1 - s)`` cancels
-        as ``s -> 1``), at most a few dozen ulp, and needs one workspace tensor.
+        With ``swish(x) = x sigma(x)``, ``swish'(x) = sigma(x) [1 + x (1 - sigma(x))]``,
+        so ``SS_mu(theta) = 2 swish'(mu theta) - 1`` ([BNN+]'s definition:
+        sign-Swish is the derivative of Swish, rescaled). ``silu_backward``
+        evaluates ``grad * swish'(x)`` in one pass: ``out = mu theta``, then
+        ``out = silu_backward(2, out)``, then ``out - 1``. ``scratch`` is not
+        needed for it, but as with :meth:`grad_into` the sigmoid kernel runs only
+        when one is given (the optimizers give one); without it the result is
+        :meth:`value`'s, bit for bit. The kernel agrees with :meth:`value` to
+        about ``|mu theta|`` ulp of 1 before sigma saturates (``1 - sigma``
+        cancels as ``sigma -> 1``), at most a few dozen ulp.
         """
         if scratch is None:
             return out.copy_(self.value(theta, mu))
-        s = torch.mul(theta, mu, out=scratch).sigmoid_()
-        torch.addcmul(s, s, s, value=-1.0, out=out)  # s (1 - s)
-        return out.mul_(theta).mul_(2.0 * mu).add_(s, alpha=2.0).sub_(1.0)
+        x = theta if mu == 1.0 else torch.mul(theta, mu, out=out)
+        return torch.ops.aten.silu_backward.grad_input(_full(2.0, theta), x, grad_input=out).sub_(1.0)
 
     def grad_into(self, theta: Tensor, g: Tensor, mu: float, out: Tensor,
                   scratch: Optional[Tensor] = None) -> Tensor:
-        """``SS'_mu g = 4 mu s (1 - s) (1 - (mu theta / 2)(2 s - 1)) g`` in place, ``s = sigma(mu theta)``."""
+        """``SS'_mu g = 4 mu A (1 + (mu/2) theta (1 - 2s))`` in place, ``s = sigma(mu theta)``, ``A = g s (1 - s)``.
+
+        (``SS'_mu = 4 mu s (1 - s) (1 - (mu theta / 2)(2 s - 1))``, THEORY.md §2.)
+        Five passes: ``s`` into ``scratch`` (:func:`sigmoid_into`),
+        ``out = A`` (``sigmoid_backward``), ``scratch = theta (1 - 2 s)``
+        (``addcmul``), ``out = A + (mu/2) A scratch`` (``addcmul``) and the
+        scale ``4 mu``. Without ``scratch``: ``derivative(theta, mu) * g``.
+        """
         if scratch is None:
             return super().grad_into(theta, g, mu, out)
-        s = torch.mul(theta, mu, out=scratch).sigmoid_()
-        torch.mul(s, 2.0, out=out).sub_(1.0).mul_(theta).mul_(-mu / 2.0).add_(1.0)
-        torch.addcmul(s, s, s, value=-1.0, out=s)
-        return out.mul_(s).mul_(4.0 * mu).mul_(g)
+        s = sigmoid_into(theta, mu, scratch)
+        torch.ops.aten.sigmoid_backward.grad_input(g, s, grad_input=out)
+        torch.addcmul(theta, theta, s, value=-2.0, out=s)
+        return torch.addcmul(out, out, s, value=mu / 2.0, out=out).mul_(4.0 * mu)
 
     def config(self) -> Dict[str, Any]:
         return {"name": self.name}

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
 
 import torch
 from torch import Tensor
@@ -265,6 +265,23 @@ class WrappedOptimizer(Optimizer):
             buf = torch.empty(theta.numel(), dtype=theta.dtype, device=theta.device)
             self._workspace[key] = buf
         return buf[: theta.numel()].view(theta.shape)
+
+    def _grad_buffer(self, p: Tensor, theta: Tensor) -> Tensor:
+        """A persistent gradient buffer of ``theta``'s shape for a latent whose shape differs from ``p``'s.
+
+        The softmax dual ``(..., d)`` gets its gradient ``g q`` written here
+        instead of into a new tensor every step; unlike the shared workspace
+        it is one buffer per parameter, because all latent gradients live at
+        once during the base step. It costs the memory the per-step gradient
+        tensor took (kept between steps) and is never saved.
+        """
+        key = ("grad", p)
+        buf = self._workspace.get(key)  # type: ignore[call-overload]
+        if buf is None or buf.shape != theta.shape or buf.dtype != theta.dtype or buf.device != theta.device \
+                or type(buf) is not type(theta):
+            buf = torch.empty_like(theta, memory_format=torch.contiguous_format)
+            self._workspace[key] = buf  # type: ignore[index]
+        return buf
 
     # ------------------------------------------------------------- state dict
     def __getstate__(self) -> Dict[str, Any]:
@@ -600,13 +617,14 @@ class LatentOptimizer(WrappedOptimizer):
                         continue
                     if g.dtype != theta.dtype:
                         g = g.to(theta.dtype)
-                    if tr.primal:
-                        theta.copy_(tr.reencode(theta, v, v))
+                    if tr.primal:  # reencode(theta, v, v) in place: a clamp (tanh), renormalisation (softmax)
+                        tr.renormalize_(theta, v, self._scratch(theta) if tr.needs_scratch else None)
                     if tr.unit_backward:
                         theta.grad = g
                     else:
                         same = p.dtype == theta.dtype and p.shape == theta.shape
-                        out = p.detach() if same else None
+                        out = p.detach() if same else (self._grad_buffer(p, theta) if p.dtype == theta.dtype
+                                                       else None)
                         clobbered = clobbered or same
                         scratch = self._scratch(theta) if tr.needs_scratch else None
                         theta.grad = tr.grad_into(theta, g, v, out, scratch) if out is not None \

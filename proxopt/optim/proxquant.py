@@ -15,7 +15,7 @@ from torch.optim import Optimizer
 from ..levels import BINARY, make_levels, nearest
 from .engine import WrappedOptimizer, check_value
 
-__all__ = ["ProxQuant", "prox_to_levels"]
+__all__ = ["ProxQuant", "prox_to_levels", "prox_to_levels_"]
 
 
 def prox_to_levels(x: Tensor, levels: Tuple[float, ...], amount: float) -> Tensor:
@@ -25,7 +25,8 @@ def prox_to_levels(x: Tensor, levels: Tuple[float, ...], amount: float) -> Tenso
               \\quad q = \\operatorname{round}_Q(x)
 
     Each entry moves toward its nearest level by ``amount`` without
-    overshooting it (soft threshold around the levels) [PQ].
+    overshooting it (soft threshold around the levels) [PQ]. Returns a new
+    tensor; :func:`prox_to_levels_` is the in-place kernel the optimizer runs.
 
     Example:
         >>> prox_to_levels(torch.tensor([0.5, -0.95, 1.5]), (-1.0, 1.0), 0.1)
@@ -39,6 +40,62 @@ def prox_to_levels(x: Tensor, levels: Tuple[float, ...], amount: float) -> Tenso
     q = nearest(x, levels)
     d = x - q
     return q + torch.sign(d) * (d.abs() - amount).clamp_min(0.0)
+
+
+def prox_to_levels_(x: Tensor, levels: Tuple[float, ...], amount: float, scratch: Tensor) -> Tensor:
+    """:func:`prox_to_levels` written into ``x`` itself, bit for bit equal to it (``amount >= 0``).
+
+    Binary (four passes): with ``s = sign(x)``, ``sign(±0) = +1``,
+
+    .. math:: \\operatorname{sign}(x)\\min(|\\operatorname{clip}(x)| + \\lambda, 1)
+              = \\operatorname{clip}(x + \\lambda s, -1, 1)
+
+    (``|x| + lambda >= 1`` when ``|x| > 1``; rounding commutes with the sign),
+    computed as ``scratch = -lambda + 2 lambda 1{x >= 0}`` (exactly ``±lambda``),
+    ``x += scratch``, ``clamp_``. Other level sets: ``x = clip(x)``,
+    ``q = round_Q(x)``, ``x = q + softshrink(x - q, lambda)``, which is
+    ``q + sign(d) max(0, |d| - lambda)`` term for term.
+
+    Args:
+        x: the weights (overwritten).
+        levels: sorted levels.
+        amount: ``lambda >= 0``.
+        scratch: a workspace of ``x``'s shape and dtype (binary only; overwritten).
+
+    References:
+        [PQ] Bai et al., ICLR 2019.
+    """
+    if x.dtype not in (torch.float32, torch.float64) or not 0.0 <= 2.0 * amount < torch.finfo(x.dtype).max:
+        return x.copy_(prox_to_levels(x, levels, amount))
+    if levels == BINARY:
+        lam = amount if x.dtype == torch.float64 else float(torch.tensor(amount, dtype=x.dtype))
+        step = torch.ge(x, 0.0, out=scratch)  # 2 lam is exact in x's dtype (lam rounded to it first)
+        torch.add(_const(-lam, x), step, alpha=2.0 * lam, out=step)
+        return x.add_(step).clamp_(-1.0, 1.0)
+    x.clamp_(levels[0], levels[-1])
+    q = nearest(x, levels)
+    torch._C._nn.softshrink(x.sub_(q), amount, out=x)
+    return x.add_(q)
+
+
+def round_(x: Tensor, levels: Tuple[float, ...]) -> Tensor:
+    """``x = round_Q(x)`` in place (:func:`proxopt.levels.nearest`; two passes for the binary set)."""
+    if levels == BINARY:  # -1 + 2 * 1{x >= 0}: sign with sign(±0) = +1
+        return torch.add(_const(-1.0, x), torch.ge(x, 0.0, out=x), alpha=2.0, out=x)
+    return x.copy_(nearest(x, levels))
+
+
+_CONSTS: Dict[Any, Tensor] = {}
+
+
+def _const(value: float, like: Tensor) -> Tensor:
+    key = (value, like.dtype, like.device)
+    t = _CONSTS.get(key)
+    if t is None:
+        if len(_CONSTS) > 256:
+            _CONSTS.clear()
+        t = _CONSTS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return t
 
 
 def _check_reg(value: Any) -> float:
@@ -139,16 +196,17 @@ class ProxQuant(WrappedOptimizer):
                 st["prox_step"] = t
                 fa = group["freeze_at"]
                 if fa is not None and t >= fa:
-                    p.copy_(nearest(p, levels))
+                    round_(p.data, levels)
                 else:
-                    p.copy_(prox_to_levels(p, levels, lr * group["mu"] * t))
+                    scratch = self._scratch(p) if levels == BINARY else p.data
+                    prox_to_levels_(p.data, levels, lr * group["mu"] * t, scratch)
         return loss
 
     @torch.no_grad()
     def _write_hard(self) -> None:
         for _, group in self._quantized_groups():
             for p in group["params"]:
-                p.copy_(nearest(p, tuple(group["levels"])))
+                round_(p.data, tuple(group["levels"]))
 
     def finalize(self) -> None:
         """Round every quantized weight to its nearest level (``sign(0) = +1``) for good."""

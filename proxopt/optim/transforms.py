@@ -72,6 +72,10 @@ class Transform:
     def reencode(self, theta: Tensor, old: float, new: float) -> Tensor:  # pragma: no cover - primal only
         raise NotImplementedError
 
+    def renormalize_(self, theta: Tensor, v: float, scratch: Optional[Tensor] = None) -> Tensor:
+        """``theta <- reencode(theta, v, v)`` in place (the primal form's per-step re-encoding at fixed ``v``)."""
+        return theta.copy_(self.reencode(theta, v, v))
+
 
 class QuantizerPair(Transform):
     """ProxConnect++: ``w = F_mu(theta)``, ``grad_theta = B'_mu(theta) * g`` [PC++]."""
@@ -118,6 +122,8 @@ class MirrorPair(Transform):
         self.unit_backward = not exact_gradient and not self.multi
         self.levels = mirror_map.levels
         self.scalable = not self.multi
+        # the softmax kernels keep per-weight temporaries (max, log-partition, ...) in the workspace
+        self.needs_scratch = self.multi
 
     #: simplex smoothing of the softmax dual's start in the stable form (see ``Softmax.init_dual``)
     STABLE_SMOOTHING = 0.03
@@ -136,13 +142,24 @@ class MirrorPair(Transform):
         return self.map.primal_grad_to_dual(theta, g)
 
     def project_into(self, theta: Tensor, v: float, out: Tensor, scratch: Optional[Tensor]) -> Tensor:
+        if self.multi:
+            return self.map.to_primal_into(theta, v, out, scratch)  # type: ignore[call-arg]
         return self.map.to_primal_into(theta, v, out)
 
     def grad_into(self, theta: Tensor, g: Tensor, v: float, out: Tensor, scratch: Optional[Tensor]) -> Tensor:
+        """The latent gradient into ``out``: ``g`` itself (``B' = 1``), ``dP * g`` (GD), or ``g q`` (softmax).
+
+        For the softmax dual ``out`` has ``theta``'s shape ``(..., d)`` (the
+        engine keeps one such buffer per parameter); the mirror-descent
+        pull-back ``g_u = g_w q`` is then written column by column without a
+        new tensor.
+        """
         if self.unit_backward:
             return g
         if self.exact and not self.multi:
             return self.map.primal_grad_into(theta, g, v, out)
+        if self.multi and not self.exact and out is not None and out.shape == theta.shape:
+            return self.map.primal_grad_to_dual_into(theta, g, out)  # type: ignore[attr-defined]
         return self.backward(theta, g, v)
 
     def hard(self, theta: Tensor) -> Tensor:
@@ -154,6 +171,16 @@ class MirrorPair(Transform):
         if self.multi:
             return m.reencode(theta, old, new)  # type: ignore[attr-defined]
         return m.to_dual(m.to_primal(theta, old), new)
+
+    def renormalize_(self, theta: Tensor, v: float, scratch: Optional[Tensor] = None) -> Tensor:
+        """``reencode(theta, v, v)`` in place, cheaply: the map's :meth:`~proxopt.mirror_maps.MirrorMap.renormalize_`.
+
+        At a fixed ``beta`` the primal form's "dual recomputed from the
+        primal point" is, up to rounding, a clamp to ``±atanh(m)/beta`` for
+        the tanh map (one pass instead of tanh, clamp, atanh, divide and a
+        copy) and the log-partition renormalisation for the softmax map.
+        """
+        return self.map.renormalize_(theta, v, scratch)
 
 
 def _dtensor_cls():
@@ -217,11 +244,14 @@ class ShardLocal(Transform):
         return out
 
     def grad_into(self, theta, g, v, out, scratch):
-        lt = self._loc(theta)
-        r = self.inner.grad_into(lt, self._loc(g), v, self._loc(out), self._scr(scratch, lt))
-        if r is self._loc(g) or r.data_ptr() == self._loc(g).data_ptr():
-            return g
-        return out if out is not None else self._wrap(r, theta)
+        lt, lg = self._loc(theta), self._loc(g)
+        lo = self._loc(out) if out is not None else None
+        r = self.inner.grad_into(lt, lg, v, lo, self._scr(scratch, lt))
+        if lo is not None and r.shape == lo.shape and r.data_ptr() == lo.data_ptr():
+            return out  # written into out (empty tensors all have data_ptr 0: the shape decides)
+        if r is lg or (r.shape == lg.shape and r.data_ptr() == lg.data_ptr()):
+            return g  # B' = 1: the gradient itself
+        return self._wrap(r, theta)
 
     def hard(self, theta):
         loc = self._loc(theta)
@@ -230,3 +260,8 @@ class ShardLocal(Transform):
 
     def reencode(self, theta, old, new):
         return self._wrap(self.inner.reencode(self._loc(theta), old, new), theta)
+
+    def renormalize_(self, theta, v, scratch=None):
+        lt = self._loc(theta)
+        self.inner.renormalize_(lt, v, self._scr(scratch, lt))
+        return theta

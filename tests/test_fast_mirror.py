@@ -1,0 +1,175 @@
+"""The fast mirror-descent kernels equal the readable round trips they replace.
+
+* primal form at a fixed ``beta``: ``renormalize_`` (a clamp for tanh, the
+  log-partition renormalisation for softmax) vs ``reencode(theta, beta, beta)``;
+* whole md-tanh / md-softmax trajectories with the old round trip vs the new in-place forms;
+* the softmax dual's gradient written into a persistent buffer vs the allocating ``g q``;
+* edge shapes (0-d, empty) of the in-place kernels.
+"""
+import pytest
+import torch
+
+import proxopt
+from proxopt import mirror_maps as mm
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def _theta(dtype, n=3000, scale=6.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    th = torch.randn(n, generator=g, dtype=dtype) * scale
+    th[:8] = torch.tensor([0.0, -0.0, 1e3, -1e3, 40.0, -40.0, float("inf"), -float("inf")], dtype=dtype)
+    return th
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("beta", [1.0, 0.3, 7.0, 1e4])
+def test_tanh_renormalize_is_the_round_trip(beta, dtype):
+    m = mm.Tanh()
+    th = _theta(dtype)
+    ref = m.to_dual(m.to_primal(th, beta), beta)
+    got = m.renormalize_(th.clone(), beta)
+    b = m.dual_bound(beta, dtype)
+    sat = th.abs() >= b
+    assert sat.any() and (~sat).any()
+    # beyond the bound the clamp gives exactly the round trip's ±atanh(m)/beta (tanh saturates there)
+    assert torch.equal(got[sat], ref[sat])
+    assert torch.equal(got[sat], torch.copysign(torch.tensor(b, dtype=dtype), th[sat]))
+    # unsaturated entries are kept exactly; the round trip only adds rounding there
+    inside = th.abs() < b
+    assert torch.equal(got[inside], th[inside])
+    # the round trip reproduces theta only to the resolution of w's float grid (coarse in theta near
+    # saturation): in w = P(theta) the two agree to rounding
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(m.to_primal(got, beta), m.to_primal(ref, beta), rtol=0.0, atol=4 * eps)
+    # NaN stays NaN, like the round trip
+    assert m.renormalize_(torch.tensor([float("nan")], dtype=dtype), beta).isnan().all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("levels", ["binary", "ternary", [-1.0, 0.2, 0.5, 2.0]])
+@pytest.mark.parametrize("beta", [1.0, 3.0])
+def test_softmax_renormalize_matches_reencode(levels, beta, dtype):
+    m = mm.Softmax(levels)
+    d = len(m.levels)
+    g = torch.Generator().manual_seed(2)
+    th = torch.randn(700, d, generator=g, dtype=dtype) * 4
+    th[0] = 0.0
+    th[1, 0] = -3000.0  # below the floor log(tiny)/beta after renormalisation
+    ref = m.reencode(th, beta, beta)
+    for scratch in (None, torch.empty_like(th)):
+        got = m.renormalize_(th.clone(), beta, scratch)
+        eps = torch.finfo(dtype).eps
+        torch.testing.assert_close(got, ref, rtol=0.0, atol=16 * eps * float(th.abs().max()))
+    floor = torch.log(torch.tensor(torch.finfo(dtype).tiny, dtype=dtype)) / beta
+    assert float(got[1, 0]) == pytest.approx(float(floor), rel=1e-6)
+    assert m.renormalize_(torch.empty(0, d, dtype=dtype), beta).shape == (0, d)
+
+
+def _problem(seed=0, n=64, k=16):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, k, generator=g)
+    y = 3.0 * x @ torch.randn(k, 3, generator=g).sign()  # out of reach of |w| <= 1: latents keep growing
+    return x, y
+
+
+def _run(name, old, steps=50, **kw):
+    x, y = _problem()
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(16, 3) * 0.5)
+    opt = proxopt.optimizer(name, [w], **kw)
+    if old:  # the previous per-step form: the full round trip P^{-1}(P(theta)) at the same beta
+        tr = opt._transform(opt.param_groups[0])
+        tr.renormalize_ = lambda theta, v, scratch=None: theta.copy_(tr.reencode(theta, v, v))
+    for _ in range(steps):
+        opt.zero_grad()
+        ((x @ w - y) ** 2).mean().backward()
+        opt.step()
+    return w.detach().clone(), opt.state[w]["latent"].clone()
+
+
+@pytest.mark.parametrize("name,kw", [("md-tanh", {"lr": 0.3}), ("md-tanh", {"lr": 0.05, "beta": 4.0}),
+                                     ("md-softmax", {"lr": 0.3}), ("md-softmax", {"lr": 0.05, "beta": 3.0}),
+                                     ("md-softmax", {"lr": 0.05, "levels": "ternary"})])
+def test_primal_trajectories_old_round_trip_vs_in_place(name, kw):
+    w_old, th_old = _run(name, True, **kw)
+    w_new, th_new = _run(name, False, **kw)
+    torch.testing.assert_close(w_new, w_old, rtol=0.0, atol=1e-5)
+    if name == "md-softmax":
+        torch.testing.assert_close(th_new, th_old, rtol=1e-5, atol=1e-5)
+    # md-tanh: the latents agree where tanh is not saturated; near the bound the old round trip
+    # snapped theta to w's float grid, so compare there through w = P(theta) (checked above)
+    if name == "md-tanh" and kw["lr"] == 0.3:  # large steps: latents hit the saturation bound every step
+        b = mm.Tanh().dual_bound(1.0, torch.float32)
+        assert (th_new.abs() > b).any() and float(th_new.abs().max()) <= b + 2 * kw["lr"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("levels", ["binary", "ternary", [-1.0, 0.2, 0.5, 2.0]])
+def test_softmax_grad_into_equals_allocating_pull_back(levels, dtype):
+    m = mm.Softmax(levels)
+    g = torch.randn(300, dtype=dtype)
+    th = torch.randn(300, len(m.levels), dtype=dtype)
+    out = torch.full_like(th, float("nan"))
+    assert torch.equal(m.primal_grad_to_dual_into(th, g, out), m.primal_grad_to_dual(th, g))
+
+
+@pytest.mark.parametrize("levels", ["binary", "ternary"])
+def test_md_softmax_s_step_with_grad_buffer_equals_allocating_backward(levels):
+    def run(patch):
+        torch.manual_seed(1)
+        w = torch.nn.Parameter(torch.randn(40, 5))
+        opt = proxopt.optimizer("md-softmax-s", [w], lr=0.1, levels=levels)
+        if patch:
+            tr = opt._transform(opt.param_groups[0])
+            tr.grad_into = lambda theta, g, v, out, scratch: tr.backward(theta, g, v)
+        x = torch.randn(8, 40, generator=torch.Generator().manual_seed(3))
+        for _ in range(5):
+            opt.zero_grad()
+            (x @ w).square().mean().backward()
+            opt.step()
+            assert opt.state[w]["latent"].grad is None
+        return w.detach().clone(), opt.state[w]["latent"].clone()
+
+    new, old = run(False), run(True)
+    assert torch.equal(new[0], old[0]) and torch.equal(new[1], old[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_in_place_kernels_on_edge_shapes(dtype):
+    for shape in [(), (0,), (3, 0)]:
+        th = torch.full(shape, 0.25, dtype=dtype)
+        for m in (mm.Tanh(), mm.Linear()):
+            torch.testing.assert_close(m.to_primal_into(th, 2.0, torch.empty_like(th)), m.to_primal(th, 2.0))
+        torch.testing.assert_close(mm.Tanh().primal_grad_into(th, th, 2.0, torch.empty_like(th)),
+                                   mm.Tanh().primal_derivative(th, 2.0) * th)
+        assert torch.equal(mm.Tanh().renormalize_(th.clone(), 2.0), th)
+        for levels in ("binary", "ternary"):
+            m = mm.Softmax(levels)
+            t = torch.full(shape + (len(m.levels),), 0.5, dtype=dtype)
+            out = torch.empty(shape, dtype=dtype)
+            torch.testing.assert_close(m.to_primal_into(t, 2.0, out, torch.empty_like(t)), m.to_primal(t, 2.0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_many_levels_into_with_scratch(dtype):
+    m = mm.Softmax([-1.0, -0.3, 0.0, 0.4, 1.0])
+    th = torch.randn(400, 5, dtype=dtype) * 5
+    th[0] = torch.tensor([1e3, -1e3, 0.0, 2.0, 1e3], dtype=dtype)
+    ref = m.to_primal(th, 2.0)
+    got = m.to_primal_into(th, 2.0, torch.empty(400, dtype=dtype), torch.empty_like(th))
+    torch.testing.assert_close(got, ref, rtol=0.0, atol=32 * torch.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("name", ["md-softmax", "md-softmax-s", "gd-tanh", "md-tanh"])
+@pytest.mark.parametrize("shape", [(0,), (0, 3), (3, 0)])
+def test_empty_parameters_step(name, shape):
+    """Empty parameters step (their gradient buffer is empty too: data_ptr 0 must not be taken for ``g``)."""
+    p = torch.nn.Parameter(torch.zeros(shape))
+    q = torch.nn.Parameter(torch.ones(3))
+    opt = proxopt.optimizer(name, [p, q], lr=0.1)
+    p.grad, q.grad = torch.zeros(shape), torch.ones(3)
+    opt.step()
+    assert p.shape == shape
+    ref = opt._transform(opt.param_groups[0]).forward(opt.state[q]["latent"], 1.0)
+    torch.testing.assert_close(q.detach(), ref, rtol=0.0, atol=1e-6)  # the fast kernels: a few ulp
