@@ -421,7 +421,10 @@ def write_report(results: Dict[str, Any], out: str) -> str:
         L.append("## Speed and memory\n")
         L.append(f"Timings: medians of {speed.get('clock', 'wall time')} per call, warm-up first, the compared "
                  f"optimizers/models alternating within each repeat so machine load hits both alike; "
-                 f"{cfg['threads']} intra-op thread(s). Step ratios are the median of the per-repeat ratios.\n")
+                 f"{cfg['threads']} intra-op thread(s). Step ratios are the median of the per-repeat ratios. "
+                 f"Allocator: {speed.get('allocator', 'defaults')} (see `benchmarks.speed.keep_freed_memory`: "
+                 "without it Adam's per-step temporaries page-fault, which inflates Adam's time by a varying "
+                 "amount and makes every ratio look better).\n")
         step = speed.get("step") or {}
         from .speed import UNIT_BACKWARD
 
@@ -447,6 +450,14 @@ def write_report(results: Dict[str, Any], out: str) -> str:
                            ["PASS" if ok else "FAIL"])
             L.append(_md_table(hdr, rws))
             L.append("")
+            dual = [(name, s, step[s][name]) for name in dict.fromkeys(n for s in sizes for n in step[s])
+                    for s in sizes if name in step[s] and "ratio_latent" in step[s][name]]
+            if dual:
+                L.append("Presets whose base optimizer steps a larger dual (softmax: one number per level per "
+                         "weight) against Adam over tensors of the dual's shapes, i.e. the engine's overhead on "
+                         "top of its own base step: " + "; ".join(
+                             f"{n} {s} {v['ratio_latent']:.2f}x ({v['latent_numel'] / v['params']:.2f}x the numbers)"
+                             for n, s, v in dual) + ".\n")
             reps = {s: int(next(iter(step[s].values()))["repeats"]) for s in sizes}
             L.append("Repeats per size: " + ", ".join(f"{s}: {r}" for s, r in reps.items()) + ".\n")
             prof = speed.get("profile") or {}
@@ -464,11 +475,13 @@ def write_report(results: Dict[str, Any], out: str) -> str:
                                  "work doubles: about 2x the Adam step is the floor for these presets, whatever the "
                                  "engine does.")
                 if any(n in prof for n in ("bnn+", "bnn++", "gd-tanh")):
-                    notes.append("bnn+ / bnn++ / gd-tanh: B' (sign-Swish' or tanh') is about ten elementwise passes "
-                                 "including a sigmoid, about as much memory traffic as Adam's own update on CPU.")
-                if "md-tanh" in prof and any("atanh" in k for k, _, _ in prof["md-tanh"]["ops"]):
-                    notes.append("md-tanh (primal form) re-encodes theta = P^-1(P(theta)) (tanh and atanh) before "
-                                 "every step.")
+                    notes.append("bnn+ / bnn++ / gd-tanh: B' (sign-Swish' or tanh') needs a sigmoid, an exp per "
+                                 "weight, before the base step (bnn++ and gd-tanh one more in F after it); with one "
+                                 "thread these passes are compute-bound (`softplus_backward`, `silu_backward`, "
+                                 "`sigmoid_backward` in the profile are the fused sigmoid kernels).")
+                if "md-tanh" in prof:
+                    notes.append("md-tanh (primal form): at a fixed beta its per-step re-encoding is a clamp of theta "
+                                 "(one pass) on top of md-tanh-s's work.")
                 L.extend(f"- {n}" for n in notes)
                 if notes:
                     L.append("")

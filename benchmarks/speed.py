@@ -45,6 +45,7 @@ __all__ = [
     "state_bytes",
     "checkpoint_bytes",
     "set_clock",
+    "keep_freed_memory",
     "step_times",
     "profile_step",
     "timing_cnn",
@@ -182,6 +183,36 @@ def checkpoint_bytes(obj: Any) -> int:
 
 _CLOCK: Callable[[], float] = time.perf_counter
 
+#: glibc ``mallopt`` parameters: M_TRIM_THRESHOLD, M_MMAP_THRESHOLD.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> str:
+    """Ask glibc's allocator to keep freed memory in the process; return a description of what was done.
+
+    ``torch.optim.Adam``'s default step allocates two weight-sized
+    temporaries per parameter (``sqrt`` and the division). With glibc's
+    defaults that memory goes back to the kernel when it is freed and every
+    step page-faults it in again: on this class of machine about a third of an
+    11M-parameter Adam step is then page faults, and how much varies from
+    run to run with the heap's layout. Raising the trim and mmap thresholds
+    (as jemalloc / tcmalloc, which PyTorch's CPU performance guide
+    recommends, do by design) removes that cost from both optimizers, so the
+    ratios compare the work done. It makes Adam faster, so the ratios are
+    conservative for proxopt, whose step allocates nothing per parameter.
+    Not glibc (or no ``mallopt``): nothing is done.
+    """
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1 and libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1
+    except (OSError, AttributeError):
+        ok = False
+    return ("glibc mallopt: freed memory kept (trim threshold 1 GiB, mmap threshold 32 MiB)" if ok
+            else "allocator defaults (glibc mallopt unavailable)")
+
 
 def set_clock(cpu: bool) -> str:
     """Time with the process CPU clock (``cpu=True``) or the wall clock; return the clock's name.
@@ -217,7 +248,10 @@ def step_times(size: str, presets: Sequence[str], repeats: Optional[int] = None,
         ``{preset: {"ms": median preset step, "base_ms": median Adam step,
         "ratio": median paired ratio, "state_bytes": memory of opt.state_dict()'s tensors
         (:func:`state_bytes`), "base_state_bytes": Adam's, "checkpoint_bytes" /
-        "base_checkpoint_bytes": ``torch.save`` sizes (1M only), "params": count}}``.
+        "base_checkpoint_bytes": ``torch.save`` sizes (1M only), "params": count}}``; presets whose base
+        optimizer steps more numbers than the model holds (the softmax dual) add ``"latent_numel"``,
+        ``"latent_base_ms"`` (Adam over tensors of the latents' shapes) and ``"ratio_latent"`` (the paired
+        ratio against it).
     """
     make, rep_default, warm_default = SIZES[size]
     shapes = make()
@@ -235,7 +269,15 @@ def step_times(size: str, presets: Sequence[str], repeats: Optional[int] = None,
         for _ in range(warmup):
             opt.step()
             base.step()
-        t_opt, t_base = [], []
+        # When the base optimizer steps more numbers than the model has (the softmax dual: d per weight),
+        # also time Adam over tensors of the latents' shapes: the engine's own overhead is the step over that.
+        lat_shapes = [tuple(t.shape) for g in opt.base_optimizer.param_groups for t in g["params"]]
+        lat_base = None
+        if _numel(lat_shapes) != _numel(shapes):
+            lat_base = torch.optim.Adam(make_params(lat_shapes, seed=1), lr=1e-3)
+            for _ in range(warmup):
+                lat_base.step()
+        t_opt, t_base, t_lat = [], [], []
         for r in range(repeats):
             if r % 2 == 0:
                 t_base.append(_timed(base.step))
@@ -243,6 +285,8 @@ def step_times(size: str, presets: Sequence[str], repeats: Optional[int] = None,
             else:
                 t_opt.append(_timed(opt.step))
                 t_base.append(_timed(base.step))
+            if lat_base is not None:
+                t_lat.append(_timed(lat_base.step))
         base_bytes = state_bytes(base.state_dict())
         ckpt = checkpoint_bytes(opt.state_dict()) if size == "1M" else None
         base_ckpt = checkpoint_bytes(base.state_dict()) if size == "1M" else None
@@ -252,6 +296,11 @@ def step_times(size: str, presets: Sequence[str], repeats: Optional[int] = None,
                      "base_state_bytes": float(base_bytes), "params": float(_numel(shapes)),
                      "checkpoint_bytes": ckpt, "base_checkpoint_bytes": base_ckpt,
                      "repeats": float(repeats)}
+        if lat_base is not None:
+            out[name]["latent_numel"] = float(_numel(lat_shapes))
+            out[name]["latent_base_ms"] = 1e3 * statistics.median(t_lat)
+            out[name]["ratio_latent"] = statistics.median(a / b for a, b in zip(t_opt, t_lat))
+            del lat_base
         del opt, params
         gc.collect()
         if progress:
