@@ -111,6 +111,30 @@ class MirrorMap:
         """
         return theta.copy_(self.to_dual(self.to_primal(theta, beta), beta))
 
+    #: ``P_beta(theta) = P_1(beta theta)`` (tanh, linear, softmax; not the shifted tanh), hence
+    #: ``P_beta^{-1} = P_1^{-1} / beta``.
+    beta_scaled = True
+
+    def reencode_(self, theta: Tensor, old: float, new: float, scratch: Optional[Tensor] = None) -> Tensor:
+        """``theta <- P_new^{-1}(P_old(theta))`` in place: the primal form's dual after ``beta`` changed.
+
+        For maps with ``P_beta(theta) = P_1(beta theta)``,
+
+        .. math:: P_{new}^{-1}(P_{old}(\\theta)) = \\tfrac{old}{new}\\,P_{old}^{-1}(P_{old}(\\theta)),
+
+        i.e. :meth:`renormalize_` at ``old`` followed by one multiply: no
+        transcendental passes for tanh (a clamp and a scale), none beyond the
+        log-partition for softmax. Equal to ``to_dual(to_primal(theta, old),
+        new)`` up to rounding (THEORY.md §5, primal form [MD]). Other maps run
+        that round trip.
+        """
+        if old == new:
+            return self.renormalize_(theta, old, scratch)
+        if not self.beta_scaled:
+            return theta.copy_(self.to_dual(self.to_primal(theta, old), new))
+        self.renormalize_(theta, old, scratch)
+        return theta.mul_(old / new)
+
     def bregman(self, w: Tensor, v: Tensor, beta: float = 1.0) -> Tensor:
         """``D(w, v) = Phi(w) - Phi(v) - <grad Phi(v), w - v>`` (elementwise)."""
         return self.potential(w, beta) - self.potential(v, beta) - self.to_dual(v, beta) * (w - v)
@@ -208,8 +232,8 @@ class Tanh(MirrorMap):
         keeps unsaturated entries exactly (the exact-arithmetic result; the
         float round trip snaps ``theta`` to ``w``'s float grid, which is coarse
         in ``theta`` near ``±b``, so the two agree in ``w = P(theta)`` to a few
-        ulp) and sends saturated ones to the same ``±b``; NaN stays NaN. A change of ``beta`` still uses the full
-        ``to_dual(to_primal(theta, old), new)``.
+        ulp) and sends saturated ones to the same ``±b``; NaN stays NaN. A change of ``beta`` is this clamp
+        followed by a scale (:meth:`MirrorMap.reencode_`).
         """
         b = self.dual_bound(beta, theta.dtype)
         return theta.clamp_(-b, b)
@@ -307,6 +331,7 @@ class ShiftedTanh(MirrorMap):
 
     name = "shifted_tanh"
     strict = False  # THEORY.md §5: defined in the stable form only
+    beta_scaled = False
 
     def __init__(self) -> None:
         super().__init__("ternary")

@@ -73,19 +73,44 @@ def _problem(seed=0, n=64, k=16):
     return x, y
 
 
-def _run(name, old, steps=50, **kw):
+def _run(name, old, steps=50, anneal=None, **kw):
     x, y = _problem()
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(16, 3) * 0.5)
     opt = proxopt.optimizer(name, [w], **kw)
-    if old:  # the previous per-step form: the full round trip P^{-1}(P(theta)) at the same beta
+    if old:  # the previous form: the full round trip P_new^{-1}(P_old(theta)) (old == new in every step)
         tr = opt._transform(opt.param_groups[0])
-        tr.renormalize_ = lambda theta, v, scratch=None: theta.copy_(tr.reencode(theta, v, v))
+        tr.reencode_ = lambda theta, a, b, scratch=None: theta.copy_(tr.reencode(theta, a, b))
+    sched = proxopt.AnnealScheduler(opt, factor=anneal) if anneal else None
     for _ in range(steps):
         opt.zero_grad()
         ((x @ w - y) ** 2).mean().backward()
         opt.step()
+        if sched is not None:
+            sched.step()
     return w.detach().clone(), opt.state[w]["latent"].clone()
+
+
+@pytest.mark.parametrize("name", ["md-tanh", "md-softmax"])
+def test_annealed_primal_form_matches_the_round_trip(name):
+    """With beta growing every step, the in-place re-encoding (renormalise at old, scale by old/new) follows
+    the round trip ``to_dual(to_primal(theta, old), new)``."""
+    w_old, _ = _run(name, True, anneal=1.2, lr=0.05)
+    w_new, _ = _run(name, False, anneal=1.2, lr=0.05)
+    torch.testing.assert_close(w_new, w_old, rtol=0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m", [mm.Tanh(), mm.Softmax(), mm.Softmax("ternary"), mm.ShiftedTanh()], ids=repr)
+def test_reencode_in_place_matches_reencode(m, dtype):
+    shape = (300, m.dual_size) if m.dual_size else (300,)
+    th = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(3)) * 4
+    for old, new in [(1.0, 3.0), (5.0, 2.0), (2.0, 2.0)]:
+        ref = m.to_dual(m.to_primal(th, old), new) if not m.dual_size else m.reencode(th, old, new)
+        got = m.reencode_(th.clone(), old, new, torch.empty_like(th))
+        w_ref = m.to_primal(ref, new) if not m.dual_size else m.to_simplex(ref, new)
+        w_got = m.to_primal(got, new) if not m.dual_size else m.to_simplex(got, new)
+        torch.testing.assert_close(w_got, w_ref, rtol=0.0, atol=64 * torch.finfo(dtype).eps)
 
 
 @pytest.mark.parametrize("name,kw", [("md-tanh", {"lr": 0.3}), ("md-tanh", {"lr": 0.05, "beta": 4.0}),

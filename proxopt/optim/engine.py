@@ -525,7 +525,7 @@ class LatentOptimizer(WrappedOptimizer):
         if tr.primal and old is not None:
             for p in group["params"]:
                 theta = self.state[p]["latent"]
-                theta.copy_(tr.reencode(theta, old, v))
+                tr.reencode_(theta, old, v, self._scratch(theta) if tr.needs_scratch else None)
         self._project(gi, group)
 
     @torch.no_grad()
@@ -618,7 +618,7 @@ class LatentOptimizer(WrappedOptimizer):
                     if g.dtype != theta.dtype:
                         g = g.to(theta.dtype)
                     if tr.primal:  # reencode(theta, v, v) in place: a clamp (tanh), renormalisation (softmax)
-                        tr.renormalize_(theta, v, self._scratch(theta) if tr.needs_scratch else None)
+                        tr.reencode_(theta, v, v, self._scratch(theta) if tr.needs_scratch else None)
                     if tr.unit_backward:
                         theta.grad = g
                     else:

@@ -72,9 +72,9 @@ class Transform:
     def reencode(self, theta: Tensor, old: float, new: float) -> Tensor:  # pragma: no cover - primal only
         raise NotImplementedError
 
-    def renormalize_(self, theta: Tensor, v: float, scratch: Optional[Tensor] = None) -> Tensor:
-        """``theta <- reencode(theta, v, v)`` in place (the primal form's per-step re-encoding at fixed ``v``)."""
-        return theta.copy_(self.reencode(theta, v, v))
+    def reencode_(self, theta: Tensor, old: float, new: float, scratch: Optional[Tensor] = None) -> Tensor:
+        """``theta <- reencode(theta, old, new)`` in place (``old == new``: the primal form's per-step re-encoding)."""
+        return theta.copy_(self.reencode(theta, old, new))
 
 
 class QuantizerPair(Transform):
@@ -172,15 +172,16 @@ class MirrorPair(Transform):
             return m.reencode(theta, old, new)  # type: ignore[attr-defined]
         return m.to_dual(m.to_primal(theta, old), new)
 
-    def renormalize_(self, theta: Tensor, v: float, scratch: Optional[Tensor] = None) -> Tensor:
-        """``reencode(theta, v, v)`` in place, cheaply: the map's :meth:`~proxopt.mirror_maps.MirrorMap.renormalize_`.
+    def reencode_(self, theta: Tensor, old: float, new: float, scratch: Optional[Tensor] = None) -> Tensor:
+        """``reencode(theta, old, new)`` in place, cheaply (:meth:`~proxopt.mirror_maps.MirrorMap.reencode_`).
 
         At a fixed ``beta`` the primal form's "dual recomputed from the
         primal point" is, up to rounding, a clamp to ``±atanh(m)/beta`` for
         the tanh map (one pass instead of tanh, clamp, atanh, divide and a
-        copy) and the log-partition renormalisation for the softmax map.
+        copy) and the log-partition renormalisation for the softmax map; a
+        change of ``beta`` adds one multiply by ``old/new``.
         """
-        return self.map.renormalize_(theta, v, scratch)
+        return self.map.reencode_(theta, old, new, scratch)
 
 
 def _dtensor_cls():
@@ -261,7 +262,7 @@ class ShardLocal(Transform):
     def reencode(self, theta, old, new):
         return self._wrap(self.inner.reencode(self._loc(theta), old, new), theta)
 
-    def renormalize_(self, theta, v, scratch=None):
+    def reencode_(self, theta, old, new, scratch=None):
         lt = self._loc(theta)
-        self.inner.renormalize_(lt, v, self._scr(scratch, lt))
+        self.inner.reencode_(lt, old, new, self._scr(scratch, lt))
         return theta
