@@ -35,7 +35,8 @@ parameters) and the base optimizer's state *for theta*. ProxQuant keeps no
 latent. With ``B' = 1`` the latent gradient aliases ``p.grad``; otherwise it
 is written into the parameter's own storage during the step, so no
 per-parameter temporaries remain (the softmax dual's gradient, of the dual's
-shape, is the exception: it is allocated per step).
+shape, is the exception: it lives in a per-parameter buffer that the engine
+keeps in its workspace, counted here as scratch).
 
 References:
     THEORY.md §2 (the one update rule and where its state lives); [PC++] Lu

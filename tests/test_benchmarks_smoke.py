@@ -7,6 +7,7 @@ PNG plots, a results table with one row per requested method, finalized
 models on exact levels, and the targets table.
 """
 import json
+import os
 
 import pytest
 
@@ -67,3 +68,17 @@ def test_speed_measurements_and_report(tmp_path):
     assert "| bc | 1 | <= 1.3x |" in report
     names = [t[0] for t in R.targets(results)]
     assert "step bc" in names and "train iteration bc" in names and "eval forward vs ste-bc" in names
+
+
+def test_compare_before_after():
+    """``python -m benchmarks.compare`` measures both sides in subprocesses and tabulates them."""
+    from benchmarks import compare
+
+    root = compare.HERE
+    before = [compare.measure(root, ["bc"], ["1M"], 1)]
+    assert set(before[0]) == {"1M"} and before[0]["1M"]["bc"] > 0
+    text = compare.table(before, before)
+    assert text.splitlines()[0] == "| preset | 1M before | 1M after |"
+    assert text.splitlines()[2].startswith("| bc | ")
+    with pytest.raises(ValueError, match="Invalid checkout"):
+        compare.measure(os.path.join(root, "docs"), ["bc"], ["1M"], 1)
