@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -95,7 +94,9 @@ def _notes(problems: Sequence[str], steps: Optional[int]) -> List[str]:
         "budget (`torch.optim.lr_scheduler.CosineAnnealingLR` on the proxopt optimizer), batch size per problem.",
         f"Soft-forward presets ({', '.join(sorted(T.SOFT_PRESETS))}): "
         f"`proxopt.AnnealScheduler(opt, final={T.FINAL_STRENGTH:g}, total_steps=steps)` from the preset's "
-        "default start (mu or beta = 1). bnn+ keeps its fixed mu = 5.",
+        "default start (mu or beta = 1), except " + ", ".join(f"{m} to {v:g}" for m, v in T.FINAL_BY_METHOD.items())
+        + " (`benchmarks.train.FINAL_BY_METHOD`: annealed to 1e4, 100% of bnn++'s latents freeze by "
+        "mid-training). bnn+ keeps its fixed mu = 5.",
         f"ProxQuant (pq): lambda = 8 / (lr T^2) with T = {T.PQ_FREEZE:g} x steps (the prox can move a weight "
         "across [-1, 1] before T), then rounded and frozen for the last steps (`freeze_at=T`).",
         "Bop: gamma = 1e-3, threshold = 1e-6 (larq's 1e-4 / 1e-8 are meant for hundreds of epochs; chosen on "
