@@ -511,7 +511,10 @@ class Softmax(MirrorMap):
           ``M = max_j theta_j``.
 
         Agrees with :meth:`reencode` ``(theta, beta, beta)`` up to rounding
-        (absolute error a few ulp of ``max_j |theta_j|``).
+        (absolute error a few ulp of ``max_j |theta_j|``) for finite duals whose
+        entries differ by less than the dtype's largest value (the two-level
+        form computes ``theta_0 - theta_1``); the optimizers' duals are finite
+        and floored at ``log(tiny)/beta``.
         """
         d = theta.shape[-1]
         if theta.numel() == 0:

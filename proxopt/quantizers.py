@@ -37,7 +37,14 @@ _CONSTS: dict = {}
 
 
 def _const(value: float, like: Tensor) -> Tensor:
-    """A cached 0-d tensor ``value`` of ``like``'s dtype and device (an operand for the fused kernels)."""
+    """A cached 0-d tensor ``value`` of ``like``'s dtype and device (an operand for the fused kernels).
+
+    Only plain tensors are cached: under a tensor mode or subclass (fake
+    tensors while tracing, DTensor shards' wrappers) a fresh constant is made,
+    so no such tensor is kept globally.
+    """
+    if type(like) not in (torch.Tensor, torch.nn.Parameter):
+        return torch.tensor(value, dtype=like.dtype, device=like.device)
     key = (value, like.dtype, like.device)
     t = _CONSTS.get(key)
     if t is None:
@@ -278,7 +285,8 @@ class Clip(Quantizer):
         ``lo' < theta < hi'`` and 0 elsewhere; with ``lo'``, ``hi'`` one ulp
         outside ``q_1``, ``q_d`` in ``theta``'s dtype the open interval holds
         exactly the same values as the closed one. Equal (``torch.equal``) to
-        ``derivative(theta) * g`` for finite ``g`` (masked entries are +0.0).
+        ``derivative(theta) * g`` for finite ``theta`` and ``g`` (masked entries
+        are +0.0; a NaN ``theta`` may pass ``g`` through).
         """
         lo, hi = self.levels[0], self.levels[-1]  # type: ignore[index]
         b = _open_bounds(lo, hi, theta)
@@ -335,8 +343,9 @@ def sigmoid_into(theta: Tensor, mu: float, out: Tensor, scale: float = 1.0) -> T
     ``softplus_backward(scale, theta, beta=mu)`` computes
     ``scale * e^{mu theta} / (1 + e^{mu theta})`` (``scale`` where
     ``mu theta > 40``, where sigma is 1 to working precision), i.e. the
-    product ``mu theta`` and the sigmoid in the same pass. Within one ulp of
-    ``torch.sigmoid(mu * theta)``.
+    product ``mu theta`` and the sigmoid in the same pass. About one ulp
+    from ``torch.sigmoid(mu * theta)`` (measured: 1.4 eps relative to the
+    exact value, ``torch.sigmoid`` 1.2 eps).
     """
     return torch.ops.aten.softplus_backward.grad_input(_full(scale, theta), theta, mu, _SIGMOID_CUT,
                                                        grad_input=out)
@@ -423,7 +432,8 @@ class SignSwish(Quantizer):
         when one is given (the optimizers give one); without it the result is
         :meth:`value`'s, bit for bit. The kernel agrees with :meth:`value` to
         about ``|mu theta|`` ulp of 1 before sigma saturates (``1 - sigma``
-        cancels as ``sigma -> 1``), at most a few dozen ulp.
+        cancels as ``sigma -> 1``), at most a few dozen ulp, for finite ``mu theta``
+        (where ``mu theta`` overflows to inf the kernel gives NaN).
         """
         if scratch is None:
             return out.copy_(self.value(theta, mu))
@@ -439,6 +449,8 @@ class SignSwish(Quantizer):
         ``out = A`` (``sigmoid_backward``), ``scratch = theta (1 - 2 s)``
         (``addcmul``), ``out = A + (mu/2) A scratch`` (``addcmul``) and the
         scale ``4 mu``. Without ``scratch``: ``derivative(theta, mu) * g``.
+        For ``|theta|`` below half the dtype's largest value (``theta (1 - 2s)``
+        overflows beyond); latents never get near it.
         """
         if scratch is None:
             return super().grad_into(theta, g, mu, out)

@@ -198,3 +198,16 @@ def test_empty_parameters_step(name, shape):
     assert p.shape == shape
     ref = opt._transform(opt.param_groups[0]).forward(opt.state[q]["latent"], 1.0)
     torch.testing.assert_close(q.detach(), ref, rtol=0.0, atol=1e-6)  # the fast kernels: a few ulp
+
+
+def test_grad_buffer_only_where_the_kernel_uses_it():
+    """The per-parameter dual-gradient buffer exists for the softmax MD step, not for its exact-gradient variant."""
+    from proxopt.optim.mirror_descent import MirrorDescent
+
+    for exact, expected in ((False, 2), (True, 0)):
+        m = torch.nn.Linear(5, 4)
+        opt = MirrorDescent(m.parameters(), mirror_map={"name": "softmax", "levels": "ternary"}, lr=1e-2,
+                            exact_gradient=exact)
+        m(torch.randn(3, 5)).sum().backward()
+        opt.step()
+        assert sum(1 for k in opt._workspace if k[0] == "grad") == expected

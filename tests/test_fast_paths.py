@@ -206,3 +206,14 @@ def test_proxquant_steps_match_the_reference_prox():
             ref = ref.add(grad, alpha=-0.1)  # as SGD
             ref = proxopt.levels.nearest(ref, lv) if t >= 4 else prox_to_levels(ref, lv, 0.1 * 0.01 * t)
             assert torch.equal(w.detach(), ref)
+
+
+def test_constants_are_not_cached_under_fake_tensors():
+    """Tracing with fake tensors must not leave a fake constant in the kernels' cache (eager calls still work)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        qz.Tanh().value_into(torch.randn(4), 1.0, torch.empty(4))
+    th = torch.tensor([0.0, 1.0, -2.0, 0.5])
+    _same(qz.Tanh().value_into(th, 1.0, torch.empty(4)), qz.Tanh().value(th, 1.0), True)
+    assert torch.equal(qz.sign_into(th, torch.empty(4)), torch.tensor([1.0, 1.0, -1.0, 1.0]))

@@ -623,8 +623,8 @@ class LatentOptimizer(WrappedOptimizer):
                         theta.grad = g
                     else:
                         same = p.dtype == theta.dtype and p.shape == theta.shape
-                        out = p.detach() if same else (self._grad_buffer(p, theta) if p.dtype == theta.dtype
-                                                       else None)
+                        out = p.detach() if same else (self._grad_buffer(p, theta)
+                                                       if tr.grad_buffer and p.dtype == theta.dtype else None)
                         clobbered = clobbered or same
                         scratch = self._scratch(theta) if tr.needs_scratch else None
                         theta.grad = tr.grad_into(theta, g, v, out, scratch) if out is not None \

@@ -13,7 +13,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..levels import BINARY, make_levels, nearest
+from ..quantizers import _const
 from .engine import WrappedOptimizer, check_value
+from .transforms import ShardLocal
 
 __all__ = ["ProxQuant", "prox_to_levels", "prox_to_levels_"]
 
@@ -83,19 +85,6 @@ def round_(x: Tensor, levels: Tuple[float, ...]) -> Tensor:
     if levels == BINARY:  # -1 + 2 * 1{x >= 0}: sign with sign(±0) = +1
         return torch.add(_const(-1.0, x), torch.ge(x, 0.0, out=x), alpha=2.0, out=x)
     return x.copy_(nearest(x, levels))
-
-
-_CONSTS: Dict[Any, Tensor] = {}
-
-
-def _const(value: float, like: Tensor) -> Tensor:
-    key = (value, like.dtype, like.device)
-    t = _CONSTS.get(key)
-    if t is None:
-        if len(_CONSTS) > 256:
-            _CONSTS.clear()
-        t = _CONSTS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
-    return t
 
 
 def _check_reg(value: Any) -> float:
@@ -195,18 +184,19 @@ class ProxQuant(WrappedOptimizer):
                 t = int(st.get("prox_step", 0)) + 1
                 st["prox_step"] = t
                 fa = group["freeze_at"]
+                x = ShardLocal._loc(p.data)  # the local shard of an FSDP2 / DTensor parameter (elementwise)
                 if fa is not None and t >= fa:
-                    round_(p.data, levels)
+                    round_(x, levels)
                 else:
-                    scratch = self._scratch(p) if levels == BINARY else p.data
-                    prox_to_levels_(p.data, levels, lr * group["mu"] * t, scratch)
+                    scratch = self._scratch(x) if levels == BINARY else x
+                    prox_to_levels_(x, levels, lr * group["mu"] * t, scratch)
         return loss
 
     @torch.no_grad()
     def _write_hard(self) -> None:
         for _, group in self._quantized_groups():
             for p in group["params"]:
-                round_(p.data, tuple(group["levels"]))
+                round_(ShardLocal._loc(p.data), tuple(group["levels"]))
 
     def finalize(self) -> None:
         """Round every quantized weight to its nearest level (``sign(0) = +1``) for good."""

@@ -51,6 +51,8 @@ class Transform:
     needs_scratch = False
     #: whether a per-tensor / per-channel scale alpha = mean|theta| is meaningful
     scalable = True
+    #: whether grad_into wants a persistent buffer of the latent's shape (latents shaped unlike the parameter)
+    grad_buffer = False
 
     def forward(self, theta: Tensor, v: float) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -124,6 +126,8 @@ class MirrorPair(Transform):
         self.scalable = not self.multi
         # the softmax kernels keep per-weight temporaries (max, log-partition, ...) in the workspace
         self.needs_scratch = self.multi
+        #: the latent gradient has the dual's shape and is written into a buffer the engine keeps
+        self.grad_buffer = self.multi and not exact_gradient
 
     #: simplex smoothing of the softmax dual's start in the stable form (see ``Softmax.init_dual``)
     STABLE_SMOOTHING = 0.03
@@ -203,7 +207,7 @@ class ShardLocal(Transform):
 
     def __init__(self, inner: Transform) -> None:
         self.inner = inner
-        for k in ("primal", "unit_backward", "levels", "needs_scratch", "scalable"):
+        for k in ("primal", "unit_backward", "levels", "needs_scratch", "scalable", "grad_buffer"):
             setattr(self, k, getattr(inner, k))
 
     @staticmethod
