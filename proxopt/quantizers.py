@@ -85,7 +85,8 @@ def sign_into(theta: Tensor, out: Tensor) -> Tensor:
 
     ``torch.ge`` writes the indicator (``-0.0 >= 0`` holds, NaN gives 0, so
     ``-1`` as in :func:`proxopt.levels.nearest`); the affine map is exact.
-    ``out`` may be ``theta`` itself.
+    ``out`` may be ``theta`` itself. BinaryConnect's forward map [BC]
+    (THEORY.md §2).
     """
     return torch.add(_const(-1.0, out), torch.ge(theta, 0.0, out=out), alpha=2.0, out=out)
 
@@ -345,7 +346,8 @@ def sigmoid_into(theta: Tensor, mu: float, out: Tensor, scale: float = 1.0) -> T
     ``mu theta > 40``, where sigma is 1 to working precision), i.e. the
     product ``mu theta`` and the sigmoid in the same pass. About one ulp
     from ``torch.sigmoid(mu * theta)`` (measured: 1.4 eps relative to the
-    exact value, ``torch.sigmoid`` 1.2 eps).
+    exact value, ``torch.sigmoid`` 1.2 eps). The building block of the tanh
+    maps [MD] and sign-Swish [BNN+] kernels (THEORY.md §2, §5).
     """
     return torch.ops.aten.softplus_backward.grad_input(_full(scale, theta), theta, mu, _SIGMOID_CUT,
                                                        grad_input=out)

@@ -81,7 +81,10 @@ def prox_to_levels_(x: Tensor, levels: Tuple[float, ...], amount: float, scratch
 
 
 def round_(x: Tensor, levels: Tuple[float, ...]) -> Tensor:
-    """``x = round_Q(x)`` in place (:func:`proxopt.levels.nearest`; two passes for the binary set)."""
+    """``x = round_Q(x)`` in place (:func:`proxopt.levels.nearest`; two passes for the binary set).
+
+    ProxQuant's final rounding / freeze to the nearest level, ``sign(0) = +1`` [PQ].
+    """
     if levels == BINARY:  # -1 + 2 * 1{x >= 0}: sign with sign(±0) = +1
         return torch.add(_const(-1.0, x), torch.ge(x, 0.0, out=x), alpha=2.0, out=x)
     return x.copy_(nearest(x, levels))
