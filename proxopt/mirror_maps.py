@@ -22,7 +22,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -434,6 +434,15 @@ class Softmax(MirrorMap):
             torch.maximum(out, c, out=out)
         return out
 
+    @staticmethod
+    def _shifted_exps(theta: Tensor, m: Tensor, e: Tensor, beta: float) -> Iterator[Tuple[int, Tensor]]:
+        """Yield ``(j, e)`` with ``e = exp(beta (theta_j - m))`` written into ``e``, one column at a time."""
+        for j, c in enumerate(theta.unbind(-1)):
+            torch.sub(c, m, out=e)
+            if beta != 1.0:
+                e.mul_(beta)
+            yield j, e.exp_()
+
     def to_primal_into(self, theta: Tensor, beta: float, out: Tensor, scratch: Optional[Tensor] = None) -> Tensor:
         """``w = sum_j q_j softmax(beta theta)_j`` into ``out`` without a softmax over the last dimension.
 
@@ -459,11 +468,7 @@ class Softmax(MirrorMap):
             return _affine_into(q[0], s, q[1] - q[0], out)
         m, e, den = self._buffers(theta, scratch, 3)
         self._column_max(theta, m)
-        for j, c in enumerate(theta.unbind(-1)):
-            torch.sub(c, m, out=e)
-            if beta != 1.0:
-                e.mul_(beta)
-            e.exp_()
+        for j, e in self._shifted_exps(theta, m, e, beta):
             if j == 0:
                 den.copy_(e)
                 torch.mul(e, q[j], out=out)
@@ -528,11 +533,7 @@ class Softmax(MirrorMap):
         else:
             lse, e, tot = self._buffers(theta, scratch, 3)
             self._column_max(theta, lse)
-            for j, c in enumerate(cols):
-                torch.sub(c, lse, out=e)
-                if beta != 1.0:
-                    e.mul_(beta)
-                e.exp_()
+            for j, e in self._shifted_exps(theta, lse, e, beta):
                 if j == 0:
                     tot.copy_(e)
                 else:
