@@ -617,8 +617,9 @@ class LatentOptimizer(WrappedOptimizer):
                         continue
                     if g.dtype != theta.dtype:
                         g = g.to(theta.dtype)
+                    scratch = self._scratch(theta) if tr.needs_scratch else None
                     if tr.primal:  # reencode(theta, v, v) in place: a clamp (tanh), renormalisation (softmax)
-                        tr.reencode_(theta, v, v, self._scratch(theta) if tr.needs_scratch else None)
+                        tr.reencode_(theta, v, v, scratch)
                     if tr.unit_backward:
                         theta.grad = g
                     else:
@@ -626,7 +627,6 @@ class LatentOptimizer(WrappedOptimizer):
                         out = p.detach() if same else (self._grad_buffer(p, theta)
                                                        if tr.grad_buffer and p.dtype == theta.dtype else None)
                         clobbered = clobbered or same
-                        scratch = self._scratch(theta) if tr.needs_scratch else None
                         theta.grad = tr.grad_into(theta, g, v, out, scratch) if out is not None \
                             else tr.backward(theta, g, v)
                     has.append(True)
