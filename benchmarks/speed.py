@@ -251,7 +251,10 @@ def step_times(size: str, presets: Sequence[str], repeats: Optional[int] = None,
         "base_checkpoint_bytes": ``torch.save`` sizes (1M only), "params": count}}``; presets whose base
         optimizer steps more numbers than the model holds (the softmax dual) add ``"latent_numel"``,
         ``"latent_base_ms"`` (Adam over tensors of the latents' shapes) and ``"ratio_latent"`` (the paired
-        ratio against it).
+        ratio against it). ``"fused"`` is 1 when the preset's base runs Adam's fused implementation
+        (proxopt's default, :func:`proxopt.optim.engine.fused_default`); ``"same_ms"`` / ``"ratio_same"``
+        time Adam with that same implementation over the same parameters, so ``ratio_same`` is what
+        quantization adds to the base update (``"ratio_latent"`` uses that implementation too).
     """
     make, rep_default, warm_default = SIZES[size]
     shapes = make()
@@ -269,15 +272,21 @@ def step_times(size: str, presets: Sequence[str], repeats: Optional[int] = None,
         for _ in range(warmup):
             opt.step()
             base.step()
+        # Adam as proxopt's base runs it (fused where proxopt.optim.engine.fused_default picks it): the
+        # ratio against it is what quantization adds on top of the base update itself.
+        impl = {"fused": True} if any(g.get("fused") for g in opt.base_optimizer.param_groups) else {}
+        same = torch.optim.Adam(_clone(template), lr=1e-3, **impl)
         # When the base optimizer steps more numbers than the model has (the softmax dual: d per weight),
-        # also time Adam over tensors of the latents' shapes: the engine's own overhead is the step over that.
+        # also time that Adam over tensors of the latents' shapes: the engine's own overhead is the step over that.
         lat_shapes = [tuple(t.shape) for g in opt.base_optimizer.param_groups for t in g["params"]]
         lat_base = None
         if _numel(lat_shapes) > _numel(shapes):
-            lat_base = torch.optim.Adam(make_params(lat_shapes, seed=1), lr=1e-3)
-            for _ in range(warmup):
+            lat_base = torch.optim.Adam(make_params(lat_shapes, seed=1), lr=1e-3, **impl)
+        for _ in range(warmup):
+            same.step()
+            if lat_base is not None:
                 lat_base.step()
-        t_opt, t_base, t_lat = [], [], []
+        t_opt, t_base, t_same, t_lat = [], [], [], []
         for r in range(repeats):
             if r % 2 == 0:
                 t_base.append(_timed(base.step))
@@ -285,6 +294,7 @@ def step_times(size: str, presets: Sequence[str], repeats: Optional[int] = None,
             else:
                 t_opt.append(_timed(opt.step))
                 t_base.append(_timed(base.step))
+            t_same.append(_timed(same.step))
             if lat_base is not None:
                 t_lat.append(_timed(lat_base.step))
         base_bytes = state_bytes(base.state_dict())
@@ -295,13 +305,15 @@ def step_times(size: str, presets: Sequence[str], repeats: Optional[int] = None,
         out[name] = {"ms": ms, "base_ms": bms, "ratio": paired, "state_bytes": float(state_bytes(opt.state_dict())),
                      "base_state_bytes": float(base_bytes), "params": float(_numel(shapes)),
                      "checkpoint_bytes": ckpt, "base_checkpoint_bytes": base_ckpt,
-                     "repeats": float(repeats)}
+                     "repeats": float(repeats), "fused": float(bool(impl)),
+                     "same_ms": 1e3 * statistics.median(t_same),
+                     "ratio_same": statistics.median(a / b for a, b in zip(t_opt, t_same))}
         if lat_base is not None:
             out[name]["latent_numel"] = float(_numel(lat_shapes))
             out[name]["latent_base_ms"] = 1e3 * statistics.median(t_lat)
             out[name]["ratio_latent"] = statistics.median(a / b for a, b in zip(t_opt, t_lat))
             del lat_base
-        del opt, params
+        del opt, params, same
         gc.collect()
         if progress:
             progress(f"step {size} {name}")

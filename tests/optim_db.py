@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 import proxopt
+from proxopt.optim.engine import fused_default
 
 BINARY: Tuple[float, ...] = (-1.0, 1.0)
 TERNARY: Tuple[float, ...] = (-1.0, 0.0, 1.0)
@@ -98,8 +99,16 @@ class OptimConfig:
         return self.constructor(params, **kwargs)
 
     def make_base(self, params: Any) -> Optimizer:
-        """The plain base optimizer with the same hyper-parameters (for ``quantize=False`` parity)."""
-        return self.base(params, **self.base_kwargs)
+        """The plain base optimizer with the same hyper-parameters (for ``quantize=False`` parity).
+
+        It runs the implementation proxopt picks for its base (``fused=True`` where
+        :func:`proxopt.optim.engine.fused_default` says so), so results compare bit for bit.
+        """
+        params = list(params)
+        kwargs = dict(self.base_kwargs)
+        if fused_default(self.base, params, kwargs):
+            kwargs["fused"] = True
+        return self.base(params, **kwargs)
 
     @property
     def lr(self) -> float:

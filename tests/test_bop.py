@@ -92,7 +92,7 @@ def test_base_optimizer_updates_only_full_precision_groups_like_plain_adam():
     fp_names = param_groups(model)[1]["param_names"]
     twin = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters() if n in fp_names}
     opt = Bop(param_groups(model), lr=1e-2, weight_decay=1e-3)
-    adam = torch.optim.Adam(list(twin.values()), lr=1e-2, weight_decay=1e-3)
+    adam = torch.optim.Adam(list(twin.values()), lr=1e-2, weight_decay=1e-3, fused=True)  # proxopt's default
     assert opt.base_optimizer.param_groups[0]["params"] == []
     assert len(opt.base_optimizer.param_groups[1]["params"]) == len(fp_names)
     params = dict(model.named_parameters())

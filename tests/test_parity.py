@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 import proxopt
+from proxopt.optim.engine import FUSED_BASES, fused_default
 from optim_db import (CONFIGS, OptimConfig, TinyNet, ref_backward, ref_forward, ref_sign, ref_sign_swish,
                       ref_sign_swish_derivative, ref_softmax_simplex, tiny_loss)
 
@@ -46,13 +47,20 @@ BASES: List[Tuple[str, type, Dict[str, Any]]] = [
 ]
 
 
+@pytest.mark.parametrize("impl", ["default", "for-loop"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name,base,kwargs", BASES, ids=[b[0] for b in BASES])
 def test_identity_pair_is_the_base_optimizer(name: str, base: type, kwargs: Dict[str, Any],
-                                             dtype: torch.dtype) -> None:
+                                             dtype: torch.dtype, impl: str) -> None:
+    """proxopt runs Adam / AdamW fused by default (see ``fused_default``): it then equals
+    ``base(..., fused=True)``; with ``fused=False`` (and for SGD) it equals torch's default implementation."""
     model_a, model_b = TinyNet(dtype), TinyNet(dtype)
-    opt_a = proxopt.ProxConnectPP(model_a.parameters(), forward="identity", backward="identity", base=base, **kwargs)
-    opt_b = base(model_b.parameters(), **kwargs)
+    own = {} if impl == "default" else {"fused": False}
+    opt_a = proxopt.ProxConnectPP(model_a.parameters(), forward="identity", backward="identity", base=base,
+                                  **own, **kwargs)
+    fused = opt_a.base_optimizer.param_groups[0]["fused"]
+    assert bool(fused) is (impl == "default" and base in FUSED_BASES)
+    opt_b = base(model_b.parameters(), **kwargs, **({"fused": True} if fused else {}))
     sched_a = torch.optim.lr_scheduler.StepLR(opt_a, step_size=2, gamma=0.5)
     sched_b = torch.optim.lr_scheduler.StepLR(opt_b, step_size=2, gamma=0.5)
     for p_a, p_b in zip(model_a.parameters(), model_b.parameters()):
@@ -71,6 +79,49 @@ def test_identity_pair_is_the_base_optimizer(name: str, base: type, kwargs: Dict
             assert set(mine) == set(theirs)
             for k in theirs:
                 assert torch.equal(torch.as_tensor(mine[k]), torch.as_tensor(theirs[k])), f"step {t}: state {k}"
+
+
+class AdamSubclass(torch.optim.Adam):
+    """A user's Adam subclass: proxopt leaves its implementation alone."""
+
+
+@pytest.mark.parametrize("base,kwargs,fused", [
+    (torch.optim.Adam, {}, True),
+    (torch.optim.AdamW, {"weight_decay": 0.1}, True),
+    (torch.optim.Adam, {"fused": False}, False),
+    (torch.optim.Adam, {"foreach": True}, None),
+    (torch.optim.Adam, {"foreach": False}, None),
+    (AdamSubclass, {}, None),
+    (torch.optim.SGD, {"momentum": 0.9}, None),
+], ids=["adam", "adamw", "fused-off", "foreach-on", "foreach-off", "subclass", "sgd"])
+def test_fused_base_only_where_the_user_chose_no_implementation(base: type, kwargs: Dict[str, Any],
+                                                                fused: Any) -> None:
+    """Every group (and one added later) gets the same choice, visible in ``param_groups`` as in torch."""
+    model = TinyNet()
+    opt = proxopt.ProxConnectPP([model.w1, model.w2], forward="sign", backward="identity", base=base, lr=0.01,
+                                **kwargs)
+    opt.add_param_group({"params": [model.b1, model.b2], "quantize": False})
+    assert [g.get("fused") for g in opt.base_optimizer.param_groups] == [fused, fused]
+    assert [g.get("fused") for g in opt.param_groups] == [fused, fused]
+    tiny_loss(model, 0).backward()
+    opt.step()
+    opt._sync()
+    assert [g.get("fused") for g in opt.base_optimizer.param_groups] == [fused, fused]
+
+
+def test_fused_base_per_group_choice_and_plain_tensors_only() -> None:
+    """A group may opt out on its own; tensor subclasses (DTensor, fakes) keep torch's default."""
+
+    class Marked(torch.Tensor):
+        pass
+
+    model = TinyNet()
+    marked = torch.nn.Parameter(torch.zeros(3).as_subclass(Marked))
+    opt = proxopt.optimizer("bc", [{"params": [model.w1]}, {"params": [model.w2], "fused": False},
+                                   {"params": [marked], "quantize": False}], lr=0.01)
+    assert [g.get("fused") for g in opt.base_optimizer.param_groups] == [True, False, None]
+    assert not fused_default(torch.optim.Adam, [model.w1], {"differentiable": True})
+    assert fused_default(torch.optim.Adam, [model.w1], {})
 
 
 # --------------------------------------------------------------------------------------------

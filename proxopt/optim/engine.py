@@ -35,7 +35,7 @@ from torch.optim import Optimizer
 
 from .transforms import Transform
 
-__all__ = ["WrappedOptimizer", "LatentOptimizer", "check_value", "scale_of"]
+__all__ = ["WrappedOptimizer", "LatentOptimizer", "check_value", "scale_of", "fused_default"]
 
 SCALES = (None, "tensor", "channel")
 
@@ -95,6 +95,47 @@ def check_lr(value: Any) -> None:
         v = float(value)
     if not math.isfinite(v) or v < 0.0:
         raise ValueError(f"Invalid learning rate: {v} (expected a finite non-negative float)")
+
+
+#: Base optimizers whose ``fused=True`` implementation proxopt selects when the user chose none. (Not SGD:
+#: its fused momentum path fails when only some parameters have a momentum buffer yet, as when a
+#: parameter gets its first gradient after the first step.)
+FUSED_BASES: Tuple[Type[Optimizer], ...] = (torch.optim.Adam, torch.optim.AdamW)
+
+
+def _fused_devices() -> Tuple[str, ...]:
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+        return tuple(_get_fused_kernels_supported_devices())
+    except (ImportError, AttributeError):  # pragma: no cover - older torch
+        return ("cuda",)
+
+
+def fused_default(base: Type[Optimizer], tensors: List[Tensor], settings: Dict[str, Any]) -> bool:
+    """Whether proxopt runs ``base`` with ``fused=True`` on ``tensors`` (the latents of one group).
+
+    The fused kernel does the whole update of a tensor (Adam: ``m``, ``v``,
+    the bias corrections and ``theta -= lr m_hat / (sqrt(v_hat) + eps)``) in
+    one pass over memory instead of one pass per operation, with the same
+    formulas (Adam's results differ from the for-loop implementation by
+    rounding, a few ulp). It is chosen when ``base`` is exactly
+    ``torch.optim.Adam`` or ``AdamW``, the user set neither
+    ``fused`` nor ``foreach`` (``settings``: the group's and the
+    constructor's keyword arguments), ``differentiable`` is off, and every
+    tensor is a plain dense floating tensor on a device with fused kernels.
+    Pass ``fused=False`` (or ``foreach=...``) to keep torch's default.
+
+    References:
+        Kingma & Ba, Adam (ICLR 2015); Loshchilov & Hutter, AdamW (ICLR 2019);
+        the update of theta is THEORY.md §2's BaseStep.
+    """
+    if base not in FUSED_BASES or settings.get("differentiable", False):
+        return False
+    if settings.get("fused") is not None or settings.get("foreach") is not None:
+        return False
+    devices = _fused_devices()
+    return all(type(t) in (Tensor, torch.nn.Parameter) and t.layout == torch.strided and t.is_floating_point()
+               and t.device.type in devices for t in tensors)
 
 
 def _check_param(p: Any, where: str) -> None:
@@ -169,6 +210,8 @@ class WrappedOptimizer(Optimizer):
         own = set(self._own_keys())
         inner = {k: v for k, v in group.items() if k not in own and k != "params"}
         inner["params"] = self._base_params(group)
+        if fused_default(self._base_cls, inner["params"], {**self._base_kwargs, **inner}):
+            inner["fused"] = group["fused"] = True
         return inner
 
     def _after_init(self) -> None:
@@ -218,7 +261,8 @@ class WrappedOptimizer(Optimizer):
         ``RuntimeWarning`` when ``nonfinite="skip"``: parameters, latents and
         base state then stay exactly as they were.
 
-        Cost: one vectorized ``sum`` per gradient and one host sync per step.
+        Cost: one vectorized ``sum`` per gradient and one host sync per step
+        (one per gradient dtype and device when they are mixed).
         inf and NaN propagate through a sum, so a finite total proves the
         gradient finite; a non-finite total (which a sum of huge finite values
         can also give) is confirmed exactly with ``isfinite`` before acting.
@@ -238,9 +282,13 @@ class WrappedOptimizer(Optimizer):
                     where.append((gi, pi, group["nonfinite"]))
         if not grads:
             return True
-        sums = torch.stack([g.sum().to(device=grads[0].device, dtype=torch.float64) for g in grads])
-        if bool(sums.isfinite().all()):
+        by_kind: Dict[Tuple[torch.dtype, torch.device], List[Tensor]] = {}
+        for g in grads:
+            by_kind.setdefault((g.dtype, g.device), []).append(g)
+        flags = [torch.stack([g.sum() for g in gs]).isfinite().all() for gs in by_kind.values()]
+        if all(bool(f) for f in flags) if len(flags) > 1 else bool(flags[0]):
             return True
+        sums = [g.sum() for g in grads]
         finite = torch.tensor([bool(torch.isfinite(g).all()) if not bool(s.isfinite()) else True
                                for g, s in zip(grads, sums)])
         if bool(finite.all()):
@@ -260,11 +308,19 @@ class WrappedOptimizer(Optimizer):
     def _scratch(self, theta: Tensor) -> Tensor:
         """A workspace view of ``theta``'s shape, reused across parameters and steps (largest latent)."""
         key = (theta.dtype, theta.device)
+        vkey = (key, theta.shape)
+        view = self._workspace.get(vkey)  # type: ignore[call-overload]
+        if view is not None:
+            return view
         buf = self._workspace.get(key)
         if buf is None or buf.numel() < theta.numel():
             buf = torch.empty(theta.numel(), dtype=theta.dtype, device=theta.device)
+            for k in [k for k in self._workspace if isinstance(k[0], tuple) and k[0] == key]:
+                del self._workspace[k]  # views of the smaller buffer
             self._workspace[key] = buf
-        return buf[: theta.numel()].view(theta.shape)
+        view = buf[: theta.numel()].view(theta.shape)
+        self._workspace[vkey] = view  # type: ignore[index]
+        return view
 
     def _grad_buffer(self, p: Tensor, theta: Tensor) -> Tensor:
         """A persistent gradient buffer of ``theta``'s shape for a latent whose shape differs from ``p``'s.

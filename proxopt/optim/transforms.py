@@ -188,12 +188,20 @@ class MirrorPair(Transform):
         return self.map.reencode_(theta, old, new, scratch)
 
 
+_DTENSOR: list = []
+
+#: tensor types the transforms run on directly (anything else may be a DTensor)
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
 def _dtensor_cls():
-    try:
-        from torch.distributed.tensor import DTensor
-        return DTensor
-    except Exception:  # pragma: no cover - torch without distributed
-        return None
+    if not _DTENSOR:
+        try:
+            from torch.distributed.tensor import DTensor
+        except Exception:  # pragma: no cover - torch without distributed
+            DTensor = None
+        _DTENSOR.append(DTensor)
+    return _DTENSOR[0]
 
 
 class ShardLocal(Transform):
@@ -244,11 +252,16 @@ class ShardLocal(Transform):
         return self._wrap(self.inner.backward(self._loc(theta), self._loc(g), v), theta)
 
     def project_into(self, theta, v, out, scratch):
+        if type(theta) in _PLAIN and type(out) in _PLAIN:  # the common case: no shards, no wrapping
+            self.inner.project_into(theta, v, out, scratch)
+            return out
         lt = self._loc(theta)
         self.inner.project_into(lt, v, self._loc(out), self._scr(scratch, lt))
         return out
 
     def grad_into(self, theta, g, v, out, scratch):
+        if type(theta) in _PLAIN and type(g) in _PLAIN:
+            return self.inner.grad_into(theta, g, v, out, scratch)
         lt, lg = self._loc(theta), self._loc(g)
         lo = self._loc(out) if out is not None else None
         r = self.inner.grad_into(lt, lg, v, lo, self._scr(scratch, lt))
@@ -267,6 +280,9 @@ class ShardLocal(Transform):
         return self._wrap(self.inner.reencode(self._loc(theta), old, new), theta)
 
     def reencode_(self, theta, old, new, scratch=None):
+        if type(theta) in _PLAIN:
+            self.inner.reencode_(theta, old, new, scratch)
+            return theta
         lt = self._loc(theta)
         self.inner.reencode_(lt, old, new, self._scr(scratch, lt))
         return theta
