@@ -444,22 +444,28 @@ class SignSwish(Quantizer):
 
     def grad_into(self, theta: Tensor, g: Tensor, mu: float, out: Tensor,
                   scratch: Optional[Tensor] = None) -> Tensor:
-        """``SS'_mu g = 4 mu A (1 + (mu/2) theta (1 - 2s))`` in place, ``s = sigma(mu theta)``, ``A = g s (1 - s)``.
+        """``SS'_mu g = 2 mu^2 A (h + 2/mu)`` in place, ``s = sigma(mu theta)``, ``A = g s (1 - s)``, ``h = theta (1 - 2s)``.
 
-        (``SS'_mu = 4 mu s (1 - s) (1 - (mu theta / 2)(2 s - 1))``, THEORY.md §2.)
-        Five passes: ``s`` into ``scratch`` (:func:`sigmoid_into`),
-        ``out = A`` (``sigmoid_backward``), ``scratch = theta (1 - 2 s)``
-        (``addcmul``), ``out = A + (mu/2) A scratch`` (``addcmul``) and the
-        scale ``4 mu``. Without ``scratch``: ``derivative(theta, mu) * g``.
-        For ``|theta|`` below half the dtype's largest value (``theta (1 - 2s)``
-        overflows beyond); latents never get near it.
+        (``SS'_mu = 4 mu s (1 - s) (1 + (mu theta / 2)(1 - 2 s))``, THEORY.md §2.)
+        Four passes: ``s`` into ``scratch`` (:func:`sigmoid_into`),
+        ``out = A`` (``sigmoid_backward``), ``scratch = h`` (``addcmul``), and
+        ``out = 2 mu^2 A (h + 2/mu)`` in one pass: ``h <= 0`` (``theta`` and
+        ``1 - 2s`` have opposite signs), where ELU's backward with
+        ``is_result=True`` computes ``grad * input_scale * (h + alpha * scale)``;
+        its other branch (``h > 0``, which only a sigmoid rounded to the wrong
+        side of 1/2 for a tiny ``theta`` could give) returns ``grad * scale =
+        4 mu A``, the value at ``h = 0``, so the result is continuous. Without ``scratch``:
+        ``derivative(theta, mu) * g``. For ``|theta|`` below half the dtype's
+        largest value (``theta (1 - 2s)`` overflows beyond) and ``mu`` up to
+        about 1e19 (``2 mu^2`` finite in float32); latents and strengths never get near either.
         """
         if scratch is None:
             return super().grad_into(theta, g, mu, out)
         s = sigmoid_into(theta, mu, scratch)
         torch.ops.aten.sigmoid_backward.grad_input(g, s, grad_input=out)
-        torch.addcmul(theta, theta, s, value=-2.0, out=s)
-        return torch.addcmul(out, out, s, value=mu / 2.0, out=out).mul_(4.0 * mu)
+        h = torch.addcmul(theta, theta, s, value=-2.0, out=s)
+        return torch.ops.aten.elu_backward.grad_input(out, 0.5 / (mu * mu), 4.0 * mu, 2.0 * mu * mu, True, h,
+                                                      grad_input=out)
 
     def config(self) -> Dict[str, Any]:
         return {"name": self.name}
