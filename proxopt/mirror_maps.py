@@ -510,26 +510,36 @@ class Softmax(MirrorMap):
         In place, with the log-partition in a contiguous buffer (from
         ``scratch``, a workspace of ``theta``'s shape):
 
-        * two levels: ``LSE/beta = theta_1 + softplus_beta(theta_0 - theta_1)``
-          (``softplus_beta(x) = log(1 + exp(beta x))/beta``), 6 passes;
+        * two levels: with ``D = theta_1 - theta_0`` and
+          ``softplus_beta(x) = log(1 + exp(beta x))/beta``,
+          ``theta_1 <- -softplus_beta(-D)`` (``softplus`` with ``beta``
+          negated computes it in one pass) and ``theta_0 <- theta_1 - D``:
+          5 passes (``D`` and ``theta_1`` in two contiguous buffers, the two
+          columns, the floor);
         * ``d > 2``: ``LSE/beta = M + log(sum_j exp(beta (theta_j - M)))/beta``,
           ``M = max_j theta_j``.
 
         Agrees with :meth:`reencode` ``(theta, beta, beta)`` up to rounding
         (absolute error a few ulp of ``max_j |theta_j|``) for finite duals whose
         entries differ by less than the dtype's largest value (the two-level
-        form computes ``theta_0 - theta_1``); the optimizers' duals are finite
+        form computes ``theta_1 - theta_0``); the optimizers' duals are finite
         and floored at ``log(tiny)/beta``.
         """
         d = theta.shape[-1]
         if theta.numel() == 0:
             return theta
         cols = theta.unbind(-1)
+        floor = torch.tensor(math.log(torch.finfo(theta.dtype).tiny), dtype=theta.dtype) / beta
         if d == 2:
-            (lse,) = self._buffers(theta, scratch, 1)
-            torch.sub(cols[0], cols[1], out=lse)
-            torch.ops.aten.softplus.out(lse, beta, _SIGMOID_CUT, out=lse)
-            torch.add(cols[1], lse, out=lse)
+            diff, t1 = self._buffers(theta, scratch, 2)
+            torch.sub(cols[1], cols[0], out=diff)
+            # softplus(x, -beta) = log(1 + exp(-beta x)) / (-beta) = -softplus_beta(-x); where -beta x > 40 it
+            # returns x, which -softplus_beta(-x) equals to working precision there. Contiguous operands only:
+            # the transcendental kernels are not vectorized over the strided level columns.
+            torch.ops.aten.softplus.out(diff, -beta, _SIGMOID_CUT, out=t1)
+            cols[1].copy_(t1)
+            torch.sub(t1, diff, out=cols[0])
+            return theta.clamp_min_(float(floor))
         else:
             lse, e, tot = self._buffers(theta, scratch, 3)
             self._column_max(theta, lse)
@@ -544,7 +554,6 @@ class Softmax(MirrorMap):
             lse.add_(tot)
         for c in cols:
             torch.sub(c, lse, out=c)
-        floor = torch.tensor(math.log(torch.finfo(theta.dtype).tiny), dtype=theta.dtype) / beta
         return theta.clamp_min_(float(floor))
 
     def primal_derivative(self, theta: Tensor, beta: float = 1.0) -> Tensor:
