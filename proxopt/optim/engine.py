@@ -154,6 +154,9 @@ class WrappedOptimizer(Optimizer):
     base's); before each step the base optimizer's groups are synced from
     them, so ``torch.optim.lr_scheduler`` schedulers work unchanged.
 
+    ``torch.optim.Adam`` and ``AdamW`` bases run torch's fused implementation
+    unless the user picks one (:func:`fused_default`).
+
     Subclasses pass their own group keys and defaults as ``own`` and implement :meth:`_base_params`
     (the tensors the base optimizer updates for a group),
     :meth:`_normalize_group` and the step.
