@@ -455,17 +455,26 @@ class SignSwish(Quantizer):
         its other branch (``h > 0``, which only a sigmoid rounded to the wrong
         side of 1/2 for a tiny ``theta`` could give) returns ``grad * scale =
         4 mu A``, the value at ``h = 0``, so the result is continuous. Without ``scratch``:
-        ``derivative(theta, mu) * g``. For ``|theta|`` below half the dtype's
-        largest value (``theta (1 - 2s)`` overflows beyond) and ``mu`` up to
-        about 1e19 (``2 mu^2`` finite in float32); latents and strengths never get near either.
+        ``derivative(theta, mu) * g``. ELU's coefficients ``2 mu^2`` and ``1/(2 mu^2)``
+        must lie well inside ``theta``'s dtype (between ``tiny/eps^2`` and
+        ``max eps^2``; float32: about ``1e-12 < mu < 1e12``; never for float16);
+        outside that the last pass is two: ``out = A + (mu/2) A h``
+        (``addcmul``) and the scale ``4 mu``. The error against the exact value is
+        the same either way (a few ulp, growing with ``|mu theta|`` as in
+        :meth:`value_into`). For ``|theta|`` below half the dtype's largest value
+        (``theta (1 - 2s)`` overflows beyond); latents never get near it.
         """
         if scratch is None:
             return super().grad_into(theta, g, mu, out)
         s = sigmoid_into(theta, mu, scratch)
         torch.ops.aten.sigmoid_backward.grad_input(g, s, grad_input=out)
         h = torch.addcmul(theta, theta, s, value=-2.0, out=s)
-        return torch.ops.aten.elu_backward.grad_input(out, 0.5 / (mu * mu), 4.0 * mu, 2.0 * mu * mu, True, h,
-                                                      grad_input=out)
+        fi = torch.finfo(theta.dtype)
+        c, a = 2.0 * mu * mu, 0.5 / (mu * mu) if mu * mu > 0.0 else math.inf
+        lo, hi = fi.tiny / fi.eps ** 2, fi.max * fi.eps ** 2  # headroom: products with A stay normal
+        if lo <= c <= hi and lo <= a <= hi:
+            return torch.ops.aten.elu_backward.grad_input(out, a, 4.0 * mu, c, True, h, grad_input=out)
+        return torch.addcmul(out, out, h, value=mu / 2.0, out=out).mul_(4.0 * mu)
 
     def config(self) -> Dict[str, Any]:
         return {"name": self.name}

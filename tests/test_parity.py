@@ -124,6 +124,46 @@ def test_fused_base_per_group_choice_and_plain_tensors_only() -> None:
     assert fused_default(torch.optim.Adam, [model.w1], {})
 
 
+def _two_runs(make_grads: Callable[[List[nn.Parameter]], None], params_of: Callable[[], List[nn.Parameter]],
+               ) -> Tuple[List[Tensor], List[Tensor]]:
+    """Two steps with proxopt's default (fused) base and with ``fused=False``; the parameters after each."""
+    out = []
+    for kw in ({}, {"fused": False}):
+        params = params_of()
+        opt = proxopt.optimizer("bc", [{"params": params[:1]}, {"params": params[1:], "quantize": False}],
+                                lr=0.1, **kw)
+        for _ in range(2):
+            make_grads(params)
+            opt.step()
+        out.append([p.detach().clone() for p in params])
+    return out[0], out[1]
+
+
+def test_fused_base_is_not_used_for_layouts_it_cannot_step() -> None:
+    """Fused Adam walks tensor, gradient and moments as one flat array: a non-contiguous parameter is never
+    fused, and a step whose gradient is laid out unlike its tensor runs that group unfused (bit for bit
+    the ``fused=False`` result); the group is fused again afterwards."""
+    def params_of() -> List[nn.Parameter]:
+        torch.manual_seed(0)
+        storage = torch.randn(4, 6)
+        return [nn.Parameter(torch.randn(4, 6)), nn.Parameter(storage[:, ::2])]  # the second is not dense
+
+    def grads(params: List[nn.Parameter]) -> None:
+        g = torch.Generator().manual_seed(1)
+        params[0].grad = torch.randn(6, 4, generator=g).t()  # a transposed, non-contiguous gradient
+        params[1].grad = torch.randn(4, 3, generator=g)
+
+    fused, plain = _two_runs(grads, params_of)
+    for a, b in zip(fused, plain):
+        assert torch.equal(a, b)
+    params = params_of()
+    opt = proxopt.optimizer("bc", [{"params": params[:1]}, {"params": params[1:], "quantize": False}], lr=0.1)
+    assert [g.get("fused") for g in opt.base_optimizer.param_groups] == [True, None]
+    grads(params)
+    opt.step()
+    assert opt.base_optimizer.param_groups[0]["fused"] is True
+
+
 # --------------------------------------------------------------------------------------------
 # Hand-written base optimizers (the update rules of torch.optim's documentation)
 # --------------------------------------------------------------------------------------------

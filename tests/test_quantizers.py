@@ -225,6 +225,23 @@ def test_in_place_kernels_are_bit_identical(q, theta, mu, use_scratch):
         assert torch.equal(out2, gref), (out2, gref)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mu", [1e-25, 1e-19, 1e-10, 1.0, 1e10, 6e18, 1e19, 1e20])
+def test_signswish_grad_kernel_at_extreme_strengths(dtype, mu):
+    """The fused ELU pass needs 2 mu^2 and 1/(2 mu^2) well inside the dtype's range; beyond that
+    the kernel takes the two-pass form (float32: outside about 1e-12..1e12). Either way: finite, and as
+    close to the reference as inside."""
+    q = qz.SignSwish()
+    theta = torch.cat([torch.linspace(-3.0, 3.0, 101, dtype=dtype), torch.tensor([0.0, -0.0, 1e-30, -1e-30])])
+    theta = theta / max(mu, 1e-300) if mu > 1.0 else theta
+    g = torch.linspace(-2.0, 3.0, theta.numel(), dtype=dtype)
+    got = q.grad_into(theta, g, mu, torch.empty_like(theta), torch.empty_like(theta))
+    ref = q.derivative(theta.double(), mu) * g.double()
+    assert torch.isfinite(got).all()
+    z = (mu * theta.double()).abs()
+    assert ((got.double() - ref).abs() <= 16 * EPS[dtype] * mu * (1.0 + z) * g.double().abs()).all()
+
+
 # ---------------------------------------------------------------- simple closed forms
 
 

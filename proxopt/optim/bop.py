@@ -178,7 +178,7 @@ class Bop(WrappedOptimizer):
             return loss
         self._sync()
         # the base step first: if it raises, the binary weights and m are untouched
-        self.base_optimizer.step()
+        self._base_step()
         flips: Dict[int, Tuple[Any, int]] = {}
         for gi, group in self._quantized_groups():
             gamma, tau = group["gamma"], group["threshold"]

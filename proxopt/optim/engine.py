@@ -122,8 +122,13 @@ def fused_default(base: Type[Optimizer], tensors: List[Tensor], settings: Dict[s
     ``torch.optim.Adam`` or ``AdamW``, the user set neither
     ``fused`` nor ``foreach`` (``settings``: the group's and the
     constructor's keyword arguments), ``differentiable`` is off, and every
-    tensor is a plain dense floating tensor on a device with fused kernels.
-    Pass ``fused=False`` (or ``foreach=...``) to keep torch's default.
+    tensor is a plain contiguous floating tensor on a device with fused
+    kernels. Pass ``fused=False`` (or ``foreach=...``) to keep torch's
+    default. The fused kernels also assume that each gradient has its
+    tensor's layout; a step whose gradients do not (a hand-assigned gradient
+    of another memory format, say) runs that group with the default
+    implementation (:meth:`WrappedOptimizer._base_step`). A state dict carries
+    the choice: loading one restores its groups' ``fused``, as in torch.
 
     References:
         Kingma & Ba, Adam (ICLR 2015); Loshchilov & Hutter, AdamW (ICLR 2019);
@@ -135,7 +140,7 @@ def fused_default(base: Type[Optimizer], tensors: List[Tensor], settings: Dict[s
         return False
     devices = _fused_devices()
     return all(type(t) in (Tensor, torch.nn.Parameter) and t.layout == torch.strided and t.is_floating_point()
-               and t.device.type in devices for t in tensors)
+               and t.device.type in devices and t.is_contiguous() for t in tensors)
 
 
 def _check_param(p: Any, where: str) -> None:
@@ -254,6 +259,29 @@ class WrappedOptimizer(Optimizer):
             for key in ig:
                 if key != "params" and key not in own and key in g:
                     ig[key] = g[key]
+
+    def _base_step(self) -> None:
+        """``base_optimizer.step()``, with fused groups whose layouts do not match run unfused this once.
+
+        torch's fused Adam walks each tensor, its gradient and its moments as
+        one flat array, so they must share one dense layout: on a CPU a
+        gradient with other strides gives wrong updates, on CUDA an error
+        after the step counter moved. :func:`fused_default` only picks fused
+        for contiguous tensors; a group holding a tensor or gradient that is
+        not contiguous steps with torch's default implementation instead
+        (same formulas, compatible state), and is fused again afterwards.
+        """
+        off = []
+        for ig in self.base_optimizer.param_groups:
+            if ig.get("fused") and not all(t.is_contiguous() and (t.grad is None or t.grad.is_contiguous())
+                                           for t in ig["params"]):
+                ig["fused"] = False
+                off.append(ig)
+        try:
+            self.base_optimizer.step()
+        finally:
+            for ig in off:
+                ig["fused"] = True
 
     def _check_grads(self) -> bool:
         """Validate gradients before anything changes; return False when the step must be skipped.
@@ -691,7 +719,7 @@ class LatentOptimizer(WrappedOptimizer):
                     has.append(True)
                 stepped.append((gi, group, has))
             before = self._hard_codes(stepped) if self._flips is not None else None
-            self.base_optimizer.step()
+            self._base_step()
         except BaseException:
             if clobbered:  # the parameters served as gradient buffers: put F(theta) back
                 for gi, group in self._quantized_groups():

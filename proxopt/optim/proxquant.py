@@ -175,7 +175,7 @@ class ProxQuant(WrappedOptimizer):
             return loss
         self._sync()
         had = [[p.grad is not None for p in g["params"]] for g in self.param_groups]
-        self.base_optimizer.step()
+        self._base_step()
         for gi, group in self._quantized_groups():
             levels = tuple(group["levels"])
             lr = group.get("lr", 1.0)
