@@ -82,3 +82,16 @@ def test_compare_before_after():
     assert text.splitlines()[2].startswith("| bc | ")
     with pytest.raises(ValueError, match="Invalid checkout"):
         compare.measure(os.path.join(root, "docs"), ["bc"], ["1M"], 1)
+
+
+def test_cuda_check_agreement_and_no_device_exit(capsys):
+    """``python -m benchmarks.cuda_check``: the agreement check runs on any device (CPU against CPU here:
+    identical), and without CUDA the command says so and exits 0 (CI has no GPU)."""
+    from benchmarks import cuda_check
+
+    res = cuda_check.device_agreement("cpu", ["bc", "bnn++", "md-softmax-s"], steps=2)
+    assert set(res) == {"bc", "bnn++", "md-softmax-s"}
+    assert all(r["max_abs_diff"] == 0.0 and r["fused"][0] is True for r in res.values())
+    if not __import__("torch").cuda.is_available():
+        assert cuda_check.main([]) == 0
+        assert "no CUDA device" in capsys.readouterr().out
