@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .transforms import Transform
+from .transforms import PLAIN, Transform
 
 __all__ = ["WrappedOptimizer", "LatentOptimizer", "check_value", "scale_of", "fused_default"]
 
@@ -139,7 +139,7 @@ def fused_default(base: Type[Optimizer], tensors: List[Tensor], settings: Dict[s
     if settings.get("fused") is not None or settings.get("foreach") is not None:
         return False
     devices = _fused_devices()
-    return all(type(t) in (Tensor, torch.nn.Parameter) and t.layout == torch.strided and t.is_floating_point()
+    return all(type(t) in PLAIN and t.layout == torch.strided and t.is_floating_point()
                and t.device.type in devices and t.is_contiguous() for t in tensors)
 
 
@@ -296,7 +296,8 @@ class WrappedOptimizer(Optimizer):
         (one per gradient dtype and device when they are mixed).
         inf and NaN propagate through a sum, so a finite total proves the
         gradient finite; a non-finite total (which a sum of huge finite values
-        can also give) is confirmed exactly with ``isfinite`` before acting.
+        can also give) is confirmed exactly with ``isfinite`` on every gradient
+        before acting.
         """
         grads: List[Tensor] = []
         where: List[Tuple[int, int, str]] = []
@@ -317,11 +318,9 @@ class WrappedOptimizer(Optimizer):
         for g in grads:
             by_kind.setdefault((g.dtype, g.device), []).append(g)
         flags = [torch.stack([g.sum() for g in gs]).isfinite().all() for gs in by_kind.values()]
-        if all(bool(f) for f in flags) if len(flags) > 1 else bool(flags[0]):
+        if all(bool(f) for f in flags):
             return True
-        sums = [g.sum() for g in grads]
-        finite = torch.tensor([bool(torch.isfinite(g).all()) if not bool(s.isfinite()) else True
-                               for g, s in zip(grads, sums)])
+        finite = torch.tensor([bool(torch.isfinite(g).all()) for g in grads])  # rare: confirm exactly
         if bool(finite.all()):
             return True
         bad_flags = (~finite).tolist()

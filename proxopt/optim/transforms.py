@@ -21,6 +21,7 @@ References:
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -188,20 +189,17 @@ class MirrorPair(Transform):
         return self.map.reencode_(theta, old, new, scratch)
 
 
-_DTENSOR: list = []
-
-#: tensor types the transforms run on directly (anything else may be a DTensor)
-_PLAIN = (Tensor, torch.nn.Parameter)
+#: plain tensor types (the transforms run on them directly; anything else may be a DTensor)
+PLAIN = (Tensor, torch.nn.Parameter)
 
 
+@functools.lru_cache(maxsize=None)
 def _dtensor_cls():
-    if not _DTENSOR:
-        try:
-            from torch.distributed.tensor import DTensor
-        except Exception:  # pragma: no cover - torch without distributed
-            DTensor = None
-        _DTENSOR.append(DTensor)
-    return _DTENSOR[0]
+    try:
+        from torch.distributed.tensor import DTensor
+        return DTensor
+    except Exception:  # pragma: no cover - torch without distributed
+        return None
 
 
 class ShardLocal(Transform):
@@ -252,7 +250,7 @@ class ShardLocal(Transform):
         return self._wrap(self.inner.backward(self._loc(theta), self._loc(g), v), theta)
 
     def project_into(self, theta, v, out, scratch):
-        if type(theta) in _PLAIN and type(out) in _PLAIN:  # the common case: no shards, no wrapping
+        if type(theta) in PLAIN and type(out) in PLAIN:  # the common case: no shards, no wrapping
             self.inner.project_into(theta, v, out, scratch)
             return out
         lt = self._loc(theta)
@@ -260,7 +258,7 @@ class ShardLocal(Transform):
         return out
 
     def grad_into(self, theta, g, v, out, scratch):
-        if type(theta) in _PLAIN and type(g) in _PLAIN:
+        if type(theta) in PLAIN and type(g) in PLAIN:
             return self.inner.grad_into(theta, g, v, out, scratch)
         lt, lg = self._loc(theta), self._loc(g)
         lo = self._loc(out) if out is not None else None
@@ -280,7 +278,7 @@ class ShardLocal(Transform):
         return self._wrap(self.inner.reencode(self._loc(theta), old, new), theta)
 
     def reencode_(self, theta, old, new, scratch=None):
-        if type(theta) in _PLAIN:
+        if type(theta) in PLAIN:
             self.inner.reencode_(theta, old, new, scratch)
             return theta
         lt = self._loc(theta)
