@@ -514,8 +514,9 @@ class Softmax(MirrorMap):
           ``softplus_beta(x) = log(1 + exp(beta x))/beta``,
           ``theta_1 <- -softplus_beta(-D)`` (``softplus`` with ``beta``
           negated computes it in one pass) and ``theta_0 <- theta_1 - D``:
-          5 passes (``D`` and ``theta_1`` in two contiguous buffers, the two
-          columns, the floor);
+          4 passes on a level-major dual (``D`` in a contiguous buffer,
+          the two columns, the floor), 5 otherwise (``theta_1`` through a
+          second buffer);
         * ``d > 2``: ``LSE/beta = M + log(sum_j exp(beta (theta_j - M)))/beta``,
           ``M = max_j theta_j``.
 
@@ -535,10 +536,14 @@ class Softmax(MirrorMap):
             torch.sub(cols[1], cols[0], out=diff)
             # softplus(x, -beta) = log(1 + exp(-beta x)) / (-beta) = -softplus_beta(-x); where -beta x > 40 it
             # returns x, which -softplus_beta(-x) equals to working precision there. Contiguous operands only:
-            # the transcendental kernels are not vectorized over the strided level columns.
+            # the transcendental kernels are not vectorized over strided level columns, so a column of a
+            # level-major dual (the optimizers') is written directly, any other through a buffer.
+            if cols[1].is_contiguous():
+                t1 = cols[1]
             torch.ops.aten.softplus.out(diff, -beta, _SIGMOID_CUT, out=t1)
-            cols[1].copy_(t1)
-            torch.sub(t1, diff, out=cols[0])
+            if t1 is not cols[1]:
+                cols[1].copy_(t1)
+            torch.sub(cols[1], diff, out=cols[0])
             return theta.clamp_min_(float(floor))
         else:
             lse, e, tot = self._buffers(theta, scratch, 3)

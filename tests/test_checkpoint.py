@@ -58,6 +58,9 @@ SCRIPT = textwrap.dedent(r'''
                                                               base=torch.optim.AdamW, weight_decay=0.01),
                              lr=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=N),
                              anneal=lambda o: proxopt.AnnealScheduler(o, factor=2.0, every=2, max_value=5.0)),
+        "md-softmax": dict(make=lambda g: proxopt.optimizer("md-softmax", g, lr=0.05),
+                           lr=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.7),
+                           anneal=lambda o: proxopt.AnnealScheduler(o, factor=1.3, every=1)),
         "pc": dict(make=lambda g: proxopt.optimizer("pc", g, levels="ternary", lr=0.05),
                    lr=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.8),
                    anneal=lambda o: proxopt.AnnealScheduler(o, cumulative=20.0)),
@@ -106,7 +109,7 @@ SCRIPT = textwrap.dedent(r'''
             train(model, opt, lr, anneal, range(K, N))
             torch.save(everything(model, opt, lr, anneal), f"{out}/resumed-{name}.pt")
 ''')
-NAMES = ("bnn++", "md-tanh", "md-softmax-s", "pc", "pq", "bc-bf16")
+NAMES = ("bnn++", "md-tanh", "md-softmax-s", "md-softmax", "pc", "pq", "bc-bf16")
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +262,89 @@ def test_loaded_latents_are_copies_not_aliases_of_the_checkpoint() -> None:
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim():
                 t.add_(1.0)
     assert_same(after, frozen_copy(model, opt))
+
+
+# ------------------------------------------------- the level-major softmax dual
+@pytest.mark.parametrize("name,kw", [("md-softmax-s", {"levels": "ternary"}), ("md-softmax", {}),
+                                     ("md-softmax-s", {"base": torch.optim.SGD, "momentum": 0.9})])
+def test_softmax_dual_state_is_saved_in_the_latent_shape_and_resumes(name: str, kw: Dict[str, Any]) -> None:
+    """The base optimizer steps the dual's level-major ``(d, ...)`` view; its state is saved as ``(..., d)``.
+
+    Includes a weight of shape ``(3,)`` with ``d = 3`` (latent ``(3, 3)``: the two layouts share a shape),
+    and a state dict whose base state was made contiguous ``(..., d)`` (as an older proxopt saved it).
+    """
+    def make(model):
+        named = list(model.named_parameters())
+        return proxopt.optimizer(name, [{"params": [q for n, q in named if n.endswith("weight") or n == "1.bias"]},
+                                        {"params": [q for n, q in named if n == "0.bias"], "quantize": False}],
+                                 lr=0.05, **kw)
+
+    def model_(seed):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Linear(12, 3))
+
+    model = model_(0)
+    opt = trained(make, model, steps=3)
+    sd = frozen_copy(model, opt)
+    latents = [v["latent"] for v in sd["opt"]["state"].values() if "latent" in v]
+    assert any(t.shape == ((3, 3) if kw.get("levels") == "ternary" else (3, 2)) for t in latents)
+    for idx, entry in sd["opt"]["base"]["state"].items():
+        for key, val in entry.items():
+            if isinstance(val, torch.Tensor) and val.dim() and idx in sd["opt"]["state"] \
+                    and "latent" in sd["opt"]["state"][idx]:
+                assert val.shape == sd["opt"]["state"][idx]["latent"].shape, key
+    old_style = frozen_copy(model, opt)["opt"]
+    for entry in old_style["base"]["state"].values():
+        for key, val in entry.items():
+            if isinstance(val, torch.Tensor) and val.dim():
+                entry[key] = val.contiguous()
+    runs = []
+    for state in (None, sd["opt"], old_style):
+        m = model_(0)
+        if state is None:
+            o = trained(make, m, steps=3)
+        else:
+            m2 = model_(5)
+            o = make(m2)
+            m2.load_state_dict(sd["model"])
+            o.load_state_dict(state)
+            m, o = m2, o
+        for s in range(3, 6):
+            g = torch.Generator().manual_seed(s)
+            o.zero_grad()
+            torch.nn.functional.mse_loss(m(torch.randn(8, 6, generator=g)), torch.randn(8, 3, generator=g)).backward()
+            o.step()
+        runs.append(frozen_copy(m, o))
+    assert_same(runs[0], runs[1])
+    assert_same(runs[0], runs[2])
+
+
+def test_replaced_softmax_state_entries_are_relinked() -> None:
+    """ZeRO's ``load_state_dict`` replaces ``opt.state[p]`` with the saved entry (latent and ``base_state``):
+    the next step copies it into the level-major tensor the base optimizer steps, as ``load_state_dict`` would."""
+    def run(replace):
+        model = mlp(seed=1)
+        opt = trained(p("md-softmax-s", levels="ternary"), model, steps=2)
+        sd = frozen_copy(model, opt)["opt"]
+        fresh = mlp(seed=1)
+        opt2 = p("md-softmax-s", levels="ternary")(fresh)
+        fresh.load_state_dict(model.state_dict())
+        if replace:
+            for group, saved_group in zip(opt2.param_groups, sd["param_groups"]):
+                for q, idx in zip(group["params"], saved_group["params"]):
+                    opt2.state[q] = {k: (v.contiguous() if isinstance(v, torch.Tensor) else v)
+                                     for k, v in sd["state"][idx].items()}
+        else:
+            opt2.load_state_dict(sd)
+        for s in range(2, 4):
+            g = torch.Generator().manual_seed(s)
+            opt2.zero_grad()
+            torch.nn.functional.mse_loss(fresh(torch.randn(8, 6, generator=g)),
+                                         torch.randn(8, 3, generator=g)).backward()
+            opt2.step()
+        for q, bt in zip(opt2.param_groups[0]["params"], opt2.base_optimizer.param_groups[0]["params"]):
+            lat = opt2.state[q]["latent"]
+            assert bt.is_contiguous() and bt.data_ptr() == lat.data_ptr() and torch.equal(bt.movedim(0, -1), lat)
+        return frozen_copy(fresh, opt2)
+
+    assert_same(run(True), run(False))

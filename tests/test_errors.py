@@ -330,7 +330,8 @@ def test_state_dict_with_nonfinite_latent(cfg: OptimConfig) -> None:
         pytest.skip("no latent")
     model, opt = trained(cfg)
     sd = copy.deepcopy(opt.state_dict())
-    sd["state"][0]["latent"].view(-1)[0] = math.nan
+    lat = sd["state"][0]["latent"]  # (the softmax dual is a level-major, non-contiguous view)
+    lat[(0,) * lat.dim()] = math.nan
     assert_load_rejected(opt, model, sd)
 
 

@@ -412,16 +412,18 @@ def test_direct_config_matches_reference_loop(cfg: OptimConfig) -> None:
     group = opt.param_groups[0]
     primal = not group.get("stable", True)
     theta = opt.state[w]["latent"].clone()
+    if primal:  # the primal form starts from the dual of its initial primal point
+        torch.testing.assert_close(theta, reencode(dict(group), theta), rtol=1e-10, atol=1e-12)
     hand = hand_base(cfg.base, dict(cfg.base_kwargs))
     ref_group = dict(group)
     for t in range(STEPS):
         opt.zero_grad()
         (((x @ w.T - y) ** 2).sum() / (2 * x.shape[0])).backward()
         opt.step()
-        if primal:
-            theta = reencode(ref_group, theta)
         g = grad_at(ref_forward(ref_group, theta), x, y)
         theta = hand.step(theta, ref_backward(ref_group, theta, g))
+        if primal:  # the dual of the kept primal point, recomputed after every step
+            theta = reencode(ref_group, theta)
         torch.testing.assert_close(opt.state[w]["latent"], theta, rtol=1e-10, atol=1e-12,
                                    msg=lambda m: f"step {t}, latent: {m}")
         torch.testing.assert_close(w.detach(), ref_forward(ref_group, theta), rtol=1e-10, atol=1e-12,

@@ -143,6 +143,16 @@ def fused_default(base: Type[Optimizer], tensors: List[Tensor], settings: Dict[s
                and t.device.type in devices and t.is_contiguous() for t in tensors)
 
 
+def _dense(t: Tensor) -> bool:
+    """Whether ``t``'s elements fill its memory exactly once in some order of its dimensions (a permuted layout)."""
+    expected = 1
+    for i in sorted(range(t.dim()), key=t.stride):
+        if t.size(i) != 1 and t.stride(i) != expected:
+            return False
+        expected *= t.size(i)
+    return True
+
+
 def _check_param(p: Any, where: str) -> None:
     if not isinstance(p, Tensor):
         raise TypeError(f"Invalid parameter in {where}: expected a torch.Tensor, got {type(p).__name__}")
@@ -364,8 +374,11 @@ class WrappedOptimizer(Optimizer):
         key = ("grad", p)
         buf = self._workspace.get(key)  # type: ignore[call-overload]
         if buf is None or buf.shape != theta.shape or buf.dtype != theta.dtype or buf.device != theta.device \
-                or type(buf) is not type(theta):
-            buf = torch.empty_like(theta, memory_format=torch.contiguous_format)
+                or type(buf) is not type(theta) or (type(theta) in PLAIN and buf.stride() != theta.stride()):
+            if type(theta) in PLAIN and _dense(theta):  # the latent's own layout (level-major for the softmax dual)
+                buf = torch.empty_strided(theta.shape, theta.stride(), dtype=theta.dtype, device=theta.device)
+            else:
+                buf = torch.empty_like(theta, memory_format=torch.contiguous_format)
             self._workspace[key] = buf  # type: ignore[index]
         return buf
 
@@ -388,7 +401,7 @@ class WrappedOptimizer(Optimizer):
     def state_dict(self) -> Dict[str, Any]:
         """Outer state (latents, per-parameter extras), groups, the base state and identity."""
         sd = super().state_dict()
-        sd["base"] = self.base_optimizer.state_dict()
+        sd["base"] = self._relayout_state(self.base_optimizer.state_dict(), saving=True)
         sd["proxopt"] = self._identity()
         # The base optimizer's parameters mirror the outer ones one for one (same
         # flat index), so its per-parameter state can also travel inside the outer
@@ -397,6 +410,41 @@ class WrappedOptimizer(Optimizer):
         for idx, st in sd["base"]["state"].items():
             sd["state"].setdefault(idx, {})["base_state"] = st
         return sd
+
+    def _relayouts(self) -> List[Optional[Transform]]:
+        """Per base-optimizer tensor (flat order): the transform it is a :meth:`Transform.to_base` view for, or None.
+
+        None where the base optimizer steps the latent (or the parameter)
+        itself; a transform where it steps another view of the latent (the
+        level-major softmax dual), whose per-tensor state (``exp_avg``,
+        ``momentum_buffer``, ...) is saved in the latent's shape.
+        """
+        return [None] * sum(len(g["params"]) for g in self.base_optimizer.param_groups)
+
+    def _relayout_state(self, base: Dict[str, Any], saving: bool) -> Dict[str, Any]:
+        """The base optimizer's state dict with per-tensor state moved to the latents' layout (or back).
+
+        Saving: a state tensor of its base tensor's shape becomes the
+        latent-shaped view ``from_base(s)``; loading: a saved state tensor of
+        the latent's shape becomes the contiguous ``to_base(s)`` (fused
+        kernels need the moments in the base tensor's layout). Other entries
+        are left as they are. The live state is never modified.
+        """
+        trs = self._relayouts()
+        if not any(tr is not None for tr in trs):
+            return base
+        mine = [t for g in self.base_optimizer.param_groups for t in g["params"]]
+        ids = [i for g in base.get("param_groups", ()) for i in g["params"]]
+        state = dict(base.get("state", {}))
+        for i, t, tr in zip(ids, mine, trs):
+            entry = state.get(i)
+            if tr is None or not isinstance(entry, dict):
+                continue
+            shape = t.shape if saving else tr.from_base(t).shape
+            state[i] = {k: (v if not (isinstance(v, Tensor) and v.dim() > 0 and v.shape == shape)
+                            else tr.from_base(v) if saving else tr.to_base(v).contiguous())
+                        for k, v in entry.items()}
+        return dict(base, state=state)
 
     def _validate_state_dict(self, state_dict: Dict[str, Any]) -> None:
         if not isinstance(state_dict, dict) or "param_groups" not in state_dict or "state" not in state_dict:
@@ -423,11 +471,12 @@ class WrappedOptimizer(Optimizer):
         ids = [i for g in base["param_groups"] for i in g["params"]]
         if len(ids) != len(mine):
             raise ValueError("Invalid state_dict: the base optimizer state has another number of parameters")
-        for i, t in zip(ids, mine):
+        for i, t, tr in zip(ids, mine, self._relayouts()):
+            shape = t.shape if tr is None else tr.from_base(t).shape  # saved in the latent's shape
             for key, val in base.get("state", {}).get(i, {}).items():
-                if isinstance(val, Tensor) and val.dim() > 0 and val.shape != t.shape:
+                if isinstance(val, Tensor) and val.dim() > 0 and val.shape != shape:
                     raise ValueError(f"Invalid state_dict: base optimizer state {key!r} of parameter {i} has shape "
-                                     f"{tuple(val.shape)}, expected {tuple(t.shape)}")
+                                     f"{tuple(val.shape)}, expected {tuple(shape)}")
 
     def _structural_keys(self) -> Tuple[str, ...]:
         """Group keys that must match for a state dict to load (the configuration)."""
@@ -443,7 +492,7 @@ class WrappedOptimizer(Optimizer):
         outer = {k: v for k, v in state_dict.items() if k not in ("base", "proxopt")}
         outer["state"] = {k: {kk: vv for kk, vv in v.items() if kk != "base_state"}
                           for k, v in outer["state"].items()}
-        self._load(outer, state_dict["base"])
+        self._load(outer, self._relayout_state(state_dict["base"], saving=False))
 
     def _load(self, outer: Dict[str, Any], base: Dict[str, Any]) -> None:
         super().load_state_dict(outer)
@@ -541,16 +590,48 @@ class LatentOptimizer(WrappedOptimizer):
             return
         self._check_scalable(group)
         tr = self._transform(group)
-        for p in group["params"]:
+        new = [False] * len(group["params"])
+        for i, p in enumerate(group["params"]):
             st = self.state[p]
             if "latent" not in st:
                 st["latent"] = tr.init_latent(p)
+                new[i] = True
+        if any(new):
+            self._encode(group, new)
+
+    @torch.no_grad()
+    def _encode(self, group: Dict[str, Any], only: Optional[List[bool]] = None) -> None:
+        """Primal form: ``theta <- P_v^{-1}(P_v(theta))`` in place, the dual of the primal point ``w``.
+
+        The primal form keeps ``w`` (THEORY.md §5); its latent is the dual
+        ``P_v^{-1}(w)`` recomputed after every base step (and at the start),
+        which in floating point is what the saturation of ``P_v`` does to
+        ``theta``: a clamp to ``±atanh(m)/v`` for tanh, the log-partition
+        renormalisation for softmax (:meth:`~proxopt.mirror_maps.MirrorMap.renormalize_`).
+        The stable form keeps ``theta`` as it is.
+        """
+        tr = self._transform(group)
+        if not tr.primal:
+            return
+        v = group[self.anneal_key]
+        for i, p in enumerate(group["params"]):
+            if only is None or only[i]:
+                theta = self.state[p]["latent"]
+                tr.reencode_(theta, v, v, self._scratch(theta) if tr.needs_scratch else None)
 
     def _base_params(self, group: Dict[str, Any]) -> List[Tensor]:
         if not group["quantize"]:
             return list(group["params"])
         self._init_group(group)
-        return [self.state[p]["latent"] for p in group["params"]]
+        tr = self._transform(group)
+        return [tr.to_base(self.state[p]["latent"]) for p in group["params"]]
+
+    def _relayouts(self) -> List[Optional[Transform]]:
+        out: List[Optional[Transform]] = []
+        for group in self.param_groups:
+            tr = self._transform(group) if group["quantize"] else None
+            out.extend([tr if tr is not None and tr.relayout else None] * len(group["params"]))
+        return out
 
     def _after_init(self) -> None:
         self._project_all()
@@ -600,7 +681,10 @@ class LatentOptimizer(WrappedOptimizer):
         """Restore the invariant ``p = F_v(theta)`` after ``v`` changed.
 
         The stable form re-projects the kept latents; the primal form keeps
-        the primal point and recomputes the latents from it first.
+        the primal point and recomputes the latents from it first
+        (``theta <- P_v^{-1}(P_old(theta))``: a multiply by ``old / v`` for
+        the tanh and softmax maps, whose latents are already re-encoded at
+        ``old``).
         """
         v = group[self.anneal_key]
         old = self._projected.get(gi)
@@ -611,7 +695,7 @@ class LatentOptimizer(WrappedOptimizer):
         if tr.primal and old is not None:
             for p in group["params"]:
                 theta = self.state[p]["latent"]
-                tr.reencode_(theta, old, v, self._scratch(theta) if tr.needs_scratch else None)
+                tr.rescale_(theta, old, v, self._scratch(theta) if tr.needs_scratch else None)
         self._project(gi, group)
 
     @torch.no_grad()
@@ -632,14 +716,18 @@ class LatentOptimizer(WrappedOptimizer):
                     continue
                 bt = self.base_optimizer.param_groups[gi]["params"][pi]
                 lat = st.get("latent")
-                if group["quantize"] and lat is not None and lat is not bt:
-                    bt.copy_(lat)
-                    st["latent"] = bt
+                tr = self._transform(group) if group["quantize"] else None
+                if tr is not None and lat is not None and lat is not bt \
+                        and (bt._base is None or lat._base is not bt._base):  # a view of bt (level-major dual) is bt
+                    bt.copy_(tr.to_base(lat))
+                    st["latent"] = tr.from_base(bt)
                     changed = True
                 bs = st.pop("base_state", None)
                 if bs is not None:
+                    lshape = tr.from_base(bt).shape if tr is not None else bt.shape
                     self.base_optimizer.state[bt] = {
-                        k: v.to(device=bt.device, dtype=bt.dtype)
+                        k: (tr.to_base(v).contiguous() if tr is not None and tr.relayout and v.dim() > 0
+                            and v.shape == lshape else v).to(device=bt.device, dtype=bt.dtype)
                         if isinstance(v, Tensor) and v.is_floating_point() and k != "step" else v
                         for k, v in bs.items()}
                     changed = True
@@ -694,27 +782,26 @@ class LatentOptimizer(WrappedOptimizer):
                 tr = self._transform(group)
                 v = group[self.anneal_key]
                 has = []
-                for p in group["params"]:
+                for p, bt in zip(group["params"], self.base_optimizer.param_groups[gi]["params"]):
                     theta = self.state[p]["latent"]
                     g = p.grad
                     if g is None:
-                        theta.grad = None
+                        bt.grad = None
                         has.append(False)
                         continue
                     if g.dtype != theta.dtype:
                         g = g.to(theta.dtype)
                     scratch = self._scratch(theta) if tr.needs_scratch else None
-                    if tr.primal:  # reencode(theta, v, v) in place: a clamp (tanh), renormalisation (softmax)
-                        tr.reencode_(theta, v, v, scratch)
                     if tr.unit_backward:
-                        theta.grad = g
+                        bt.grad = g
                     else:
                         same = p.dtype == theta.dtype and p.shape == theta.shape
-                        out = p.detach() if same else (self._grad_buffer(p, theta)
-                                                       if tr.grad_buffer and p.dtype == theta.dtype else None)
+                        out = p.detach() if same else (self._grad_buffer(p, theta) if tr.grad_buffer else None)
                         clobbered = clobbered or same
-                        theta.grad = tr.grad_into(theta, g, v, out, scratch) if out is not None \
-                            else tr.backward(theta, g, v)
+                        gb = tr.to_base(tr.grad_into(theta, g, v, out, scratch) if out is not None
+                                        else tr.backward(theta, g, v))
+                        # a relaid-out dual's gradient in the base tensor's layout (fused kernels need it)
+                        bt.grad = gb.contiguous() if tr.relayout and bt.is_contiguous() else gb
                     has.append(True)
                 stepped.append((gi, group, has))
             before = self._hard_codes(stepped) if self._flips is not None else None
@@ -725,10 +812,11 @@ class LatentOptimizer(WrappedOptimizer):
                     self._project(gi, group)
             raise
         finally:
-            for _, group in self._quantized_groups():
-                for p in group["params"]:
-                    self.state[p]["latent"].grad = None
+            for gi, _ in self._quantized_groups():
+                for bt in self.base_optimizer.param_groups[gi]["params"]:
+                    bt.grad = None
         for gi, group, has in stepped:
+            self._encode(group, has)
             self._project(gi, group, has)
         if before is not None:
             self._count_flips(stepped, before)

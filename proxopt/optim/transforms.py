@@ -54,6 +54,16 @@ class Transform:
     scalable = True
     #: whether grad_into wants a persistent buffer of the latent's shape (latents shaped unlike the parameter)
     grad_buffer = False
+    #: whether the base optimizer steps a view of the latent other than the latent itself (:meth:`to_base`)
+    relayout = False
+
+    def to_base(self, theta: Tensor) -> Tensor:
+        """The tensor the base optimizer steps for the latent ``theta``: a view of it (here ``theta`` itself)."""
+        return theta
+
+    def from_base(self, t: Tensor) -> Tensor:
+        """Inverse of :meth:`to_base`: the latent-shaped view of a base-shaped tensor."""
+        return t
 
     def forward(self, theta: Tensor, v: float) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -78,6 +88,10 @@ class Transform:
     def reencode_(self, theta: Tensor, old: float, new: float, scratch: Optional[Tensor] = None) -> Tensor:
         """``theta <- reencode(theta, old, new)`` in place (``old == new``: the primal form's per-step re-encoding)."""
         return theta.copy_(self.reencode(theta, old, new))
+
+    def rescale_(self, theta: Tensor, old: float, new: float, scratch: Optional[Tensor] = None) -> Tensor:
+        """:meth:`reencode_` for a ``theta`` already re-encoded at ``old`` (the primal form's latents)."""
+        return self.reencode_(theta, old, new, scratch)
 
 
 class QuantizerPair(Transform):
@@ -128,14 +142,34 @@ class MirrorPair(Transform):
         # the softmax kernels keep per-weight temporaries (max, log-partition, ...) in the workspace
         self.needs_scratch = self.multi
         #: the latent gradient has the dual's shape and is written into a buffer the engine keeps
-        self.grad_buffer = self.multi and not exact_gradient
+        self.grad_buffer = self.multi
+        #: the softmax dual is stored level-major (see :meth:`init_latent`)
+        self.relayout = self.multi
 
     #: simplex smoothing of the softmax dual's start in the stable form (see ``Softmax.init_dual``)
     STABLE_SMOOTHING = 0.03
 
     def init_latent(self, p: Tensor) -> Tensor:
+        """The initial dual; the softmax dual ``(..., d)`` is stored level-major.
+
+        Level-major: ``theta[..., j]`` is one contiguous block per level (the
+        latent is the view ``T.movedim(0, -1)`` of a contiguous ``(d, ...)``
+        tensor ``T``). Every per-level pass of the softmax kernels (the
+        pull-back ``g q_j``, the projection, the renormalisation) then reads
+        and writes contiguous memory, and the base optimizer steps ``T``
+        (:meth:`to_base`), which its fused kernels need. The latent's shape,
+        values and state dicts are those of the ``(..., d)`` dual.
+        """
         smoothing = self.STABLE_SMOOTHING if (self.multi and not self.primal) else 0.0
-        return self.map.init_dual(p.detach().to(latent_dtype(p)), smoothing)
+        theta = self.map.init_dual(p.detach().to(latent_dtype(p)), smoothing)
+        return self.from_base(self.to_base(theta).contiguous()) if self.multi else theta
+
+    def to_base(self, theta: Tensor) -> Tensor:
+        """The softmax dual's level-major ``(d, ...)`` view (contiguous for the latents :meth:`init_latent` makes)."""
+        return theta.movedim(-1, 0) if self.multi else theta
+
+    def from_base(self, t: Tensor) -> Tensor:
+        return t.movedim(0, -1) if self.multi else t
 
     def forward(self, theta: Tensor, v: float) -> Tensor:
         return self.map.to_primal(theta, v)
@@ -163,7 +197,9 @@ class MirrorPair(Transform):
             return g
         if self.exact and not self.multi:
             return self.map.primal_grad_into(theta, g, v, out)
-        if self.multi and not self.exact and out is not None and out.shape == theta.shape:
+        if self.multi and out is not None and out.shape == theta.shape:
+            if self.exact:
+                return out.copy_(self.backward(theta, g, v))
             return self.map.primal_grad_to_dual_into(theta, g, out)  # type: ignore[attr-defined]
         return self.backward(theta, g, v)
 
@@ -187,6 +223,21 @@ class MirrorPair(Transform):
         change of ``beta`` adds one multiply by ``old/new``.
         """
         return self.map.reencode_(theta, old, new, scratch)
+
+    def rescale_(self, theta: Tensor, old: float, new: float, scratch: Optional[Tensor] = None) -> Tensor:
+        """``reencode_(theta, old, new)`` for a ``theta = P_old^{-1}(w)``: ``theta * old / new`` for maps with
+        ``P_beta(theta) = P_1(beta theta)`` (no transcendental pass), the full re-encoding for others.
+
+        ``P_new^{-1}(P_old(theta)) = (old/new) P_old^{-1}(P_old(theta))`` and
+        the second factor is ``theta`` itself when ``theta`` is already the
+        dual of the primal point at ``old``, which the engine keeps so
+        (re-encoding after every base step).
+        """
+        if old == new:
+            return theta
+        if not self.map.beta_scaled:
+            return self.map.reencode_(theta, old, new, scratch)
+        return theta.mul_(old / new)
 
 
 #: plain tensor types (the transforms run on them directly; anything else may be a DTensor)
@@ -213,7 +264,7 @@ class ShardLocal(Transform):
 
     def __init__(self, inner: Transform) -> None:
         self.inner = inner
-        for k in ("primal", "unit_backward", "levels", "needs_scratch", "scalable", "grad_buffer"):
+        for k in ("primal", "unit_backward", "levels", "needs_scratch", "scalable", "grad_buffer", "relayout"):
             setattr(self, k, getattr(inner, k))
 
     @staticmethod
@@ -237,9 +288,17 @@ class ShardLocal(Transform):
         return scratch.reshape(-1)[: theta_local.numel()].view(theta_local.shape)
 
     def init_latent(self, p):
+        if type(p) in PLAIN:
+            return self.inner.init_latent(p)
         loc = self._loc(p)
-        lat = self.inner.init_latent(loc)
+        lat = self.inner.init_latent(loc).contiguous()  # a DTensor's shards keep the plain layout
         return self._wrap(lat, p, tuple(p.shape) + tuple(lat.shape[loc.dim():]))
+
+    def to_base(self, theta):
+        return self.inner.to_base(theta) if type(theta) in PLAIN else theta
+
+    def from_base(self, t):
+        return self.inner.from_base(t) if type(t) in PLAIN else t
 
     def forward(self, theta, v):
         loc = self._loc(theta)
@@ -276,6 +335,14 @@ class ShardLocal(Transform):
 
     def reencode(self, theta, old, new):
         return self._wrap(self.inner.reencode(self._loc(theta), old, new), theta)
+
+    def rescale_(self, theta, old, new, scratch=None):
+        if type(theta) in PLAIN:
+            self.inner.rescale_(theta, old, new, scratch)
+            return theta
+        lt = self._loc(theta)
+        self.inner.rescale_(lt, old, new, self._scr(scratch, lt))
+        return theta
 
     def reencode_(self, theta, old, new, scratch=None):
         if type(theta) in PLAIN:
