@@ -501,7 +501,7 @@ class Softmax(MirrorMap):
         """Primal form at fixed ``beta``: ``theta_j <- max(theta_j - LSE(beta theta)/beta, log(tiny)/beta)``.
 
         The primal form keeps the simplex point ``u = softmax(beta theta)``
-        and recomputes ``theta = log(u)/beta`` from it before every step
+        and recomputes ``theta = log(u)/beta`` from it after every step
         (THEORY.md §5). At a fixed ``beta``,
         ``log softmax(beta theta)_j / beta = theta_j - LSE(beta theta)/beta``
         with ``LSE(x) = log sum_j exp(x_j)``: the round trip subtracts the

@@ -29,7 +29,8 @@ class MirrorDescent(LatentOptimizer):
     i.e. the ProxConnect++ loop with ``F = P_beta`` and ``B' = 1``. Raising
     ``beta`` sharpens ``w``. Primal form (``stable=False``, MD-tanh /
     MD-softmax): the primal point is kept and ``theta = P_beta^{-1}(w)`` is
-    recomputed from it before every step and when ``beta`` changes, so
+    recomputed from it at the start, after every step and when ``beta``
+    changes (then a multiply by ``beta_old / beta``), so
     raising ``beta`` only enlarges the effective step (exact arithmetic gives
     the same iterates at fixed ``beta``; the paper reports the primal form is
     less stable in float32). ``exact_gradient=True`` applies the Jacobian of
@@ -37,6 +38,9 @@ class MirrorDescent(LatentOptimizer):
 
     For :class:`proxopt.mirror_maps.Softmax` each weight has a dual vector of
     size ``d`` (``d`` times the memory) and the dual gradient is ``g_w q``.
+    The dual ``(..., d)`` is stored level-major (one contiguous block per
+    level) and the base optimizer steps its contiguous ``(d, ...)`` view;
+    state dicts hold the ``(..., d)`` shape.
 
     Args:
         params: parameters or param groups (groups may set ``mirror_map``,

@@ -10,8 +10,10 @@ weights and how weight gradients map back to latent gradients:
 * ``hard(theta)`` — exact levels,
 * ``primal`` / ``reencode`` — the primal (non-"-S") mirror-descent form
   keeps the primal point (``w``, or the simplex point ``u`` for softmax) and
-  recomputes ``theta = P_v^{-1}(w)`` from it before every step and whenever
-  ``v`` changes.
+  recomputes ``theta = P_v^{-1}(w)`` from it after every step and whenever
+  ``v`` changes (``rescale_``),
+* ``to_base`` / ``from_base`` — the view of the latent the base optimizer
+  steps (the softmax dual's contiguous level-major ``(d, ...)`` view).
 
 Transforms are built from primitive group entries and know nothing about
 optimizers; quantizers and mirror maps know nothing about transforms.
