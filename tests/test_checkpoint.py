@@ -348,3 +348,20 @@ def test_replaced_softmax_state_entries_are_relinked() -> None:
         return frozen_copy(fresh, opt2)
 
     assert_same(run(True), run(False))
+
+
+def test_deepcopied_softmax_optimizer_relinks_once() -> None:
+    """A deepcopy shares the dual's storage between the latent and the base tensor but drops their view
+    relation: the first step re-links them (a self-copy), later steps find them linked."""
+    import copy
+
+    model = mlp(seed=2)
+    opt = trained(p("md-softmax-s", levels="ternary"), model, steps=2)
+    model2, opt2 = copy.deepcopy((model, opt))
+    assert opt2._relink() is True
+    for q, bt in zip(opt2.param_groups[0]["params"], opt2.base_optimizer.param_groups[0]["params"]):
+        assert opt2.state[q]["latent"].data_ptr() == bt.data_ptr()
+    assert opt2._relink() is False
+    trained(lambda m: opt2, model2, steps=1)
+    assert opt2._relink() is False
+    assert_same(frozen_copy(model2, opt2), frozen_copy(model, trained(lambda m: opt, model, steps=1)))

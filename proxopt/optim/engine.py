@@ -717,8 +717,8 @@ class LatentOptimizer(WrappedOptimizer):
                 bt = self.base_optimizer.param_groups[gi]["params"][pi]
                 lat = st.get("latent")
                 tr = self._transform(group) if group["quantize"] else None
-                if tr is not None and lat is not None and lat is not bt \
-                        and (bt._base is None or lat._base is not bt._base):  # a view of bt (level-major dual) is bt
+                root = bt if bt._base is None else bt._base  # a view of bt's storage root (level-major dual) is bt
+                if tr is not None and lat is not None and lat is not bt and lat._base is not root:
                     bt.copy_(tr.to_base(lat))
                     st["latent"] = tr.from_base(bt)
                     changed = True

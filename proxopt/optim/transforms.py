@@ -338,18 +338,17 @@ class ShardLocal(Transform):
     def reencode(self, theta, old, new):
         return self._wrap(self.inner.reencode(self._loc(theta), old, new), theta)
 
-    def rescale_(self, theta, old, new, scratch=None):
+    def _in_place(self, fn, theta, old, new, scratch):
+        """Run the inner in-place re-encoding ``fn`` on ``theta``'s local shard; return ``theta``."""
         if type(theta) in PLAIN:
-            self.inner.rescale_(theta, old, new, scratch)
+            fn(theta, old, new, scratch)
             return theta
         lt = self._loc(theta)
-        self.inner.rescale_(lt, old, new, self._scr(scratch, lt))
+        fn(lt, old, new, self._scr(scratch, lt))
         return theta
 
+    def rescale_(self, theta, old, new, scratch=None):
+        return self._in_place(self.inner.rescale_, theta, old, new, scratch)
+
     def reencode_(self, theta, old, new, scratch=None):
-        if type(theta) in PLAIN:
-            self.inner.reencode_(theta, old, new, scratch)
-            return theta
-        lt = self._loc(theta)
-        self.inner.reencode_(lt, old, new, self._scr(scratch, lt))
-        return theta
+        return self._in_place(self.inner.reencode_, theta, old, new, scratch)
