@@ -153,6 +153,18 @@ def _dense(t: Tensor) -> bool:
     return True
 
 
+def _relayout_entry(entry: Dict[str, Any], t: Tensor, tr: Transform, saving: bool) -> Dict[str, Any]:
+    """One base-state entry of the base tensor ``t`` (a :meth:`Transform.to_base` view) in the latent's layout.
+
+    Saving: tensors of ``t``'s shape become ``tr.from_base(s)``; loading:
+    tensors of the latent's shape become the contiguous ``tr.to_base(s)``.
+    """
+    shape = t.shape if saving else tr.from_base(t).shape
+    return {k: (v if not (isinstance(v, Tensor) and v.dim() > 0 and v.shape == shape)
+                else tr.from_base(v) if saving else tr.to_base(v).contiguous())
+            for k, v in entry.items()}
+
+
 def _check_param(p: Any, where: str) -> None:
     if not isinstance(p, Tensor):
         raise TypeError(f"Invalid parameter in {where}: expected a torch.Tensor, got {type(p).__name__}")
@@ -438,12 +450,8 @@ class WrappedOptimizer(Optimizer):
         state = dict(base.get("state", {}))
         for i, t, tr in zip(ids, mine, trs):
             entry = state.get(i)
-            if tr is None or not isinstance(entry, dict):
-                continue
-            shape = t.shape if saving else tr.from_base(t).shape
-            state[i] = {k: (v if not (isinstance(v, Tensor) and v.dim() > 0 and v.shape == shape)
-                            else tr.from_base(v) if saving else tr.to_base(v).contiguous())
-                        for k, v in entry.items()}
+            if tr is not None and isinstance(entry, dict):
+                state[i] = _relayout_entry(entry, t, tr, saving)
         return dict(base, state=state)
 
     def _validate_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -597,10 +605,10 @@ class LatentOptimizer(WrappedOptimizer):
                 st["latent"] = tr.init_latent(p)
                 new[i] = True
         if any(new):
-            self._encode(group, new)
+            self._encode(tr, group, new)
 
     @torch.no_grad()
-    def _encode(self, group: Dict[str, Any], only: Optional[List[bool]] = None) -> None:
+    def _encode(self, tr: Transform, group: Dict[str, Any], only: Optional[List[bool]] = None) -> None:
         """Primal form: ``theta <- P_v^{-1}(P_v(theta))`` in place, the dual of the primal point ``w``.
 
         The primal form keeps ``w`` (THEORY.md §5); its latent is the dual
@@ -610,7 +618,6 @@ class LatentOptimizer(WrappedOptimizer):
         renormalisation for softmax (:meth:`~proxopt.mirror_maps.MirrorMap.renormalize_`).
         The stable form keeps ``theta`` as it is.
         """
-        tr = self._transform(group)
         if not tr.primal:
             return
         v = group[self.anneal_key]
@@ -710,13 +717,13 @@ class LatentOptimizer(WrappedOptimizer):
         """
         changed = False
         for gi, group in enumerate(self.param_groups):
+            tr = self._transform(group) if group["quantize"] else None
             for pi, p in enumerate(group["params"]):
                 st = self.state.get(p)
                 if st is None:
                     continue
                 bt = self.base_optimizer.param_groups[gi]["params"][pi]
                 lat = st.get("latent")
-                tr = self._transform(group) if group["quantize"] else None
                 root = bt if bt._base is None else bt._base  # a view of bt's storage root (level-major dual) is bt
                 if tr is not None and lat is not None and lat is not bt and lat._base is not root:
                     bt.copy_(tr.to_base(lat))
@@ -724,10 +731,10 @@ class LatentOptimizer(WrappedOptimizer):
                     changed = True
                 bs = st.pop("base_state", None)
                 if bs is not None:
-                    lshape = tr.from_base(bt).shape if tr is not None else bt.shape
+                    if tr is not None and tr.relayout:
+                        bs = _relayout_entry(bs, bt, tr, saving=False)
                     self.base_optimizer.state[bt] = {
-                        k: (tr.to_base(v).contiguous() if tr is not None and tr.relayout and v.dim() > 0
-                            and v.shape == lshape else v).to(device=bt.device, dtype=bt.dtype)
+                        k: v.to(device=bt.device, dtype=bt.dtype)
                         if isinstance(v, Tensor) and v.is_floating_point() and k != "step" else v
                         for k, v in bs.items()}
                     changed = True
@@ -816,7 +823,7 @@ class LatentOptimizer(WrappedOptimizer):
                 for bt in self.base_optimizer.param_groups[gi]["params"]:
                     bt.grad = None
         for gi, group, has in stepped:
-            self._encode(group, has)
+            self._encode(self._transform(group), group, has)
             self._project(gi, group, has)
         if before is not None:
             self._count_flips(stepped, before)
