@@ -381,10 +381,12 @@ def sign_swish(x: Tensor, mu: float = 1.0) -> Tensor:
     Computed as ``SS_mu(x) = t + (1 - t^2) x mu/2`` with ``t = tanh(mu x / 2)``
     (``sigma(z) = (1 + tanh(z/2)) / 2``), which never overflows. Odd,
     ``SS_mu(0) = 0``, overshoots to about 1.1997 at ``mu x ≈ 2.40`` and tends
-    to ``sign`` pointwise as ``mu -> inf`` (THEORY.md §2).
+    to ``sign`` pointwise as ``mu -> inf`` (THEORY.md §2). Where ``mu x / 2``
+    underflows to 0 (subnormal ``x``) it returns ``mu x``, the first-order
+    value, so the sign survives wherever ``mu x`` is representable.
     """
     t = torch.tanh(x * (mu / 2.0))
-    return (1.0 - t * t) * x * (mu / 2.0) + t
+    return torch.where(t == 0, x * mu, (1.0 - t * t) * x * (mu / 2.0) + t)
 
 
 def sign_swish_derivative(x: Tensor, mu: float = 1.0) -> Tensor:
