@@ -534,9 +534,9 @@ def write_report(results: Dict[str, Any], out: str) -> str:
         if it:
             L.append("### Training iteration (zero_grad + forward + backward + step)\n")
             L.append(f"Model: {speed.get('iteration_model', 'timing CNN')}. Soft presets include their "
-                     "`AnnealScheduler.step()` (it re-projects the model), `ste-bc` its clip. `fp` and `ste-bc` "
-                     "train with `torch.optim.Adam()` as written (default implementation); the presets' base Adam "
-                     "runs fused, proxopt's default.\n")
+                     "`AnnealScheduler.step()` (it re-projects the model; the primal forms keep theirs until the "
+                     "next step), `ste-bc` its clip. `fp` and `ste-bc` train with `torch.optim.Adam()` as written "
+                     "(default implementation); the presets' base Adam runs fused, proxopt's default.\n")
             L.append("Whole iterations vary by about ±10% per call on this CPU, so the ratios judged against the "
                      "target use the lower-variance estimator of the same timings: forward + backward is the same "
                      "computation for `fp` and every preset (one shared model instance, same input), so its median "

@@ -44,7 +44,8 @@ class AnnealScheduler:
       ``v_k = v_0 + cumulative * sum_{s<k} lr_s`` (PARQ's "cumu_lr").
 
     After changing the values it calls ``optimizer.refresh()`` so the model
-    holds ``F(theta)`` for the new value at once. Has ``state_dict`` /
+    holds ``F(theta)`` for the new value at once (the primal mirror-descent
+    forms keep ``w``, so their model does not change until the next step). Has ``state_dict`` /
     ``load_state_dict`` like :mod:`torch.optim.lr_scheduler`.
 
     Args:
@@ -121,7 +122,7 @@ class AnnealScheduler:
         return [self._value(i) for i in range(len(self.base_values))]
 
     def step(self) -> None:
-        """Advance one step, set the groups' values and re-project the model."""
+        """Advance one step, set the groups' values and re-project the model (``optimizer.refresh()``)."""
         groups = self.optimizer.param_groups
         if len(groups) != len(self.base_values):
             raise ValueError(f"Invalid optimizer state: {len(groups)} param groups, the scheduler knows "

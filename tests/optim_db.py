@@ -309,12 +309,15 @@ def ref_forward(group: Mapping[str, Any], theta: Tensor) -> Tensor:
     """``w = alpha F_v(theta)`` for a param group of a latent optimizer, from its stored configuration.
 
     ProxConnect family groups carry ``forward`` (a quantizer config) and
-    ``mu``; mirror-descent groups carry ``mirror_map`` and ``beta``.
+    ``mu``; mirror-descent groups carry ``mirror_map`` and ``beta``, and the
+    primal form's latents are encoded at ``beta_encoded`` (which lags
+    ``beta`` from a change of ``beta`` to the next step: the model keeps ``w``).
     """
     if "forward" in group:
         return ref_quantizer_value(group["forward"], theta, group["mu"]) * ref_scale(group, theta)
     if "mirror_map" in group:
-        return ref_mirror_value(group["mirror_map"], theta, group["beta"]) * ref_scale(group, theta)
+        beta = group["beta"] if group.get("stable", True) else group["beta_encoded"]
+        return ref_mirror_value(group["mirror_map"], theta, beta) * ref_scale(group, theta)
     raise KeyError(f"no reference forward for a group with keys {sorted(group)}")
 
 

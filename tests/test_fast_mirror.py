@@ -6,6 +6,8 @@
 * the softmax dual's gradient written into a persistent buffer vs the allocating ``g q``;
 * edge shapes (0-d, empty) of the in-place kernels.
 """
+import copy
+
 import pytest
 import torch
 
@@ -219,3 +221,118 @@ def test_grad_buffer_has_the_level_major_layout_of_the_softmax_dual():
             assert bufs[p].stride() == lat.stride()
             for j in range(3):
                 assert lat[..., j].is_contiguous()
+
+
+# ------------------------------------------------ primal form: a change of beta keeps the model
+def _primal_setup(name, seed=0, **kw):
+    x, y = _problem()
+    torch.manual_seed(seed)
+    w = torch.nn.Parameter(torch.randn(16, 3) * 0.5)
+    return x, y, w, proxopt.optimizer(name, [w], lr=0.05, **kw)
+
+
+def _grad_step(opt, w, x, y):
+    opt.zero_grad()
+    ((x @ w - y) ** 2).mean().backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("name,kw", [("md-tanh", {}), ("md-softmax", {}), ("md-softmax", {"levels": "ternary"})])
+def test_primal_beta_change_keeps_the_model_until_the_next_step(name, kw):
+    """THEORY.md §5: the primal form keeps w when beta changes. The model's weights and the latents stay
+    bit for bit (encoded at ``beta_encoded``); the next step re-encodes at the new beta
+    (``theta * old / new``) before the base step, as the readable round trip does."""
+    x, y, w, opt = _primal_setup(name, **kw)
+    sched = proxopt.AnnealScheduler(opt, factor=2.0)
+    _grad_step(opt, w, x, y)
+    group = opt.param_groups[0]
+    w0, th0 = w.detach().clone(), opt.state[w]["latent"].clone()
+    assert group["beta_encoded"] == group["beta"] == 1.0
+    sched.step()
+    assert group["beta"] == 2.0 and group["beta_encoded"] == 1.0
+    assert torch.equal(w.detach(), w0) and torch.equal(opt.state[w]["latent"], th0)
+    opt.refresh()  # nothing to do for the primal form
+    assert torch.equal(w.detach(), w0) and group["beta_encoded"] == 1.0
+    assert "beta_encoded" not in opt.base_optimizer.param_groups[0]
+    # the next step runs on P_2^{-1}(w) = theta / 2: the same step as a twin whose latent was re-encoded by hand
+    x2, y2, w2, twin = _primal_setup(name, **kw)
+    _grad_step(twin, w2, x2, y2)
+    twin.param_groups[0]["beta"] = twin.param_groups[0]["beta_encoded"] = 2.0
+    twin.state[w2]["latent"].mul_(0.5)
+    assert torch.equal(w2.detach(), w0)  # the twin's forward uses the same kept w
+    _grad_step(opt, w, x, y)
+    _grad_step(twin, w2, x2, y2)
+    assert group["beta_encoded"] == 2.0
+    assert torch.equal(opt.state[w]["latent"], twin.state[w2]["latent"])
+    assert torch.equal(w.detach(), w2.detach())
+
+
+@pytest.mark.parametrize("name", ["md-tanh", "md-softmax"])
+def test_primal_state_saved_between_a_beta_change_and_the_next_step_resumes_bitwise(name):
+    x, y, w, opt = _primal_setup(name)
+    sched = proxopt.AnnealScheduler(opt, factor=1.5)
+    for _ in range(3):
+        _grad_step(opt, w, x, y)
+        sched.step()
+    sd = copy.deepcopy(opt.state_dict())
+    assert sd["param_groups"][0]["beta_encoded"] != sd["param_groups"][0]["beta"]
+    _, _, w2, opt2 = _primal_setup(name, seed=5)
+    opt2.load_state_dict(sd)
+    assert torch.equal(w2.detach(), w.detach())  # the model's weights come back bit for bit
+    for _ in range(3):
+        _grad_step(opt, w, x, y)
+        _grad_step(opt2, w2, x, y)
+        assert torch.equal(w2.detach(), w.detach())
+        assert torch.equal(opt2.state[w2]["latent"], opt.state[w]["latent"])
+
+
+def test_primal_state_dict_without_beta_encoded_loads_at_beta():
+    """State dicts saved before the primal form recorded its encoding hold latents encoded at ``beta``."""
+    x, y, w, opt = _primal_setup("md-softmax", beta=2.0)
+    _grad_step(opt, w, x, y)
+    sd = copy.deepcopy(opt.state_dict())
+    del sd["param_groups"][0]["beta_encoded"]
+    _, _, w2, opt2 = _primal_setup("md-softmax", seed=5, beta=2.0)
+    opt2.load_state_dict(sd)
+    assert opt2.param_groups[0]["beta_encoded"] == 2.0
+    assert torch.equal(w2.detach(), w.detach())
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), "x"])
+def test_invalid_beta_encoded_in_a_state_dict_raises_and_changes_nothing(bad):
+    x, y, w, opt = _primal_setup("md-tanh")
+    _grad_step(opt, w, x, y)
+    sd = copy.deepcopy(opt.state_dict())
+    sd["param_groups"][0]["beta_encoded"] = bad
+    _grad_step(opt, w, x, y)
+    before = (w.detach().clone(), opt.state[w]["latent"].clone(), copy.deepcopy(opt.param_groups[0]["beta_encoded"]))
+    with pytest.raises((ValueError, TypeError), match="beta_encoded"):
+        opt.load_state_dict(sd)
+    assert torch.equal(w.detach(), before[0]) and torch.equal(opt.state[w]["latent"], before[1])
+    assert opt.param_groups[0]["beta_encoded"] == before[2]
+
+
+@pytest.mark.parametrize("name", ["md-tanh", "md-softmax"])
+def test_failed_step_after_a_beta_change_leaves_the_model_consistent(name):
+    """A base step that raises after the latents were re-encoded at the new beta: the model is projected
+    from them again, so ``p = P_{beta_encoded}(theta)`` still holds (a resume reproduces it)."""
+
+    class Broken(torch.optim.Adam):
+        def step(self, closure=None):
+            raise RuntimeError("boom")
+
+    x, y, w, opt = _primal_setup(name)
+    opt.base_optimizer.__class__ = Broken
+    opt.param_groups[0]["beta"] = 3.0
+    ((x @ w - y) ** 2).mean().backward()
+    with pytest.raises(RuntimeError, match="boom"):
+        opt.step()
+    group = opt.param_groups[0]
+    assert group["beta_encoded"] == 3.0
+    tr = opt._transform(group)
+    torch.testing.assert_close(w.detach(), tr.forward(opt.state[w]["latent"], 3.0), rtol=0.0, atol=1e-6)
+    sd = copy.deepcopy(opt.state_dict())
+    opt.base_optimizer.__class__ = torch.optim.Adam
+    _, _, w2, opt2 = _primal_setup(name, seed=5)
+    opt2.load_state_dict(sd)
+    assert torch.equal(w2.detach(), w.detach())

@@ -315,23 +315,28 @@ def hand_trajectory(preset: str, base: type, base_kwargs: Dict[str, Any], theta0
             theta = torch.atanh(w.clamp(-below_one, below_one)) / beta
             theta = opt.step(theta, grad_at(w, x, y))
             w = torch.tanh(beta * theta)
-            beta *= ANNEAL
+            # raising beta keeps w; the latent stays encoded at this step's beta until the next step
             out.append((w, torch.atanh(w.clamp(-below_one, below_one)) / beta))
-        return out
-    if preset in ("md-softmax-s", "md-softmax"):  # §5 softmax: w = softmax(beta theta) q, grad_theta = g q
-        q = torch.tensor(PQ_LEVELS, dtype=torch.float64)
-        beta, theta = DEFAULT_STRENGTH[preset], theta0.clone()
-        tiny = torch.finfo(torch.float64).tiny
-        for _ in range(STEPS):
-            if preset == "md-softmax":  # primal form: theta recomputed from the kept simplex point
-                theta = torch.log(ref_softmax_simplex(theta, beta).clamp_min(tiny)) / beta
-            u = ref_softmax_simplex(theta, beta)
-            g = grad_at(u @ q, x, y)
-            theta = opt.step(theta, g.unsqueeze(-1) * q)
-            u = ref_softmax_simplex(theta, beta)
             beta *= ANNEAL
-            if preset == "md-softmax":  # raising beta keeps u
-                theta = torch.log(u.clamp_min(tiny)) / beta
+        return out
+    q = torch.tensor(PQ_LEVELS, dtype=torch.float64)
+    tiny = torch.finfo(torch.float64).tiny
+    if preset == "md-softmax":  # §5 primal form: keep u; theta = log(u)/beta before every step, grad_theta = g q
+        beta = DEFAULT_STRENGTH[preset]
+        u = ref_softmax_simplex(theta0, beta)
+        for _ in range(STEPS):
+            theta = torch.log(u.clamp_min(tiny)) / beta
+            theta = opt.step(theta, grad_at(u @ q, x, y).unsqueeze(-1) * q)
+            u = ref_softmax_simplex(theta, beta)
+            out.append((u @ q, torch.log(u.clamp_min(tiny)) / beta))  # raising beta keeps u (and the latent)
+            beta *= ANNEAL
+        return out
+    if preset == "md-softmax-s":  # §5 softmax, stable form: w = softmax(beta theta) q, grad_theta = g q
+        beta, theta = DEFAULT_STRENGTH[preset], theta0.clone()
+        for _ in range(STEPS):
+            g = grad_at(ref_softmax_simplex(theta, beta) @ q, x, y)
+            theta = opt.step(theta, g.unsqueeze(-1) * q)
+            beta *= ANNEAL
             out.append((ref_softmax_simplex(theta, beta) @ q, theta))
         return out
     if preset == "bop":  # §7: m <- (1 - gamma) m + gamma g; flip w where |m| > tau and sign(m) = sign(w)

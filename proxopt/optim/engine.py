@@ -593,6 +593,20 @@ class LatentOptimizer(WrappedOptimizer):
     def _structural_keys(self) -> Tuple[str, ...]:
         return ("quantize",) + tuple(k for k in self._own if k not in ("quantize", "nonfinite", self.anneal_key))
 
+    def _own_keys(self) -> Tuple[str, ...]:
+        return self._own + (self._encoded_key,)
+
+    @property
+    def _encoded_key(self) -> str:
+        """Group key of the primal form: the ``v`` its latents are encoded at (``"beta_encoded"``)."""
+        return f"{self.anneal_key}_encoded"
+
+    def _value(self, tr: Transform, group: Dict[str, Any]) -> float:
+        """The ``v`` of ``p = F_v(theta)``: the group's, or the primal form's encoding (:meth:`_refresh`)."""
+        if tr.primal:
+            return group.get(self._encoded_key, group[self.anneal_key])  # type: ignore[index]
+        return group[self.anneal_key]  # type: ignore[index]
+
     def _init_group(self, group: Dict[str, Any]) -> None:
         if not group["quantize"]:
             return
@@ -605,6 +619,8 @@ class LatentOptimizer(WrappedOptimizer):
                 st["latent"] = tr.init_latent(p)
                 new[i] = True
         if any(new):
+            if tr.primal and all(new):
+                group[self._encoded_key] = group[self.anneal_key]  # type: ignore[index]
             self._encode(tr, group, new)
 
     @torch.no_grad()
@@ -620,7 +636,7 @@ class LatentOptimizer(WrappedOptimizer):
         """
         if not tr.primal:
             return
-        v = group[self.anneal_key]
+        v = self._value(tr, group)
         for i, p in enumerate(group["params"]):
             if only is None or only[i]:
                 theta = self.state[p]["latent"]
@@ -676,7 +692,7 @@ class LatentOptimizer(WrappedOptimizer):
     @torch.no_grad()
     def _project(self, gi: int, group: Dict[str, Any], only: Optional[List[bool]] = None) -> None:
         tr = self._transform(group)
-        v = group[self.anneal_key]
+        v = self._value(tr, group)
         for i, p in enumerate(group["params"]):
             if only is not None and not only[i]:
                 continue
@@ -687,23 +703,44 @@ class LatentOptimizer(WrappedOptimizer):
     def _refresh(self, gi: int, group: Dict[str, Any]) -> None:
         """Restore the invariant ``p = F_v(theta)`` after ``v`` changed.
 
-        The stable form re-projects the kept latents; the primal form keeps
-        the primal point and recomputes the latents from it first
-        (``theta <- P_v^{-1}(P_old(theta))``: a multiply by ``old / v`` for
-        the tanh and softmax maps, whose latents are already re-encoded at
-        ``old``).
+        The stable form re-projects the kept latents. The primal form keeps
+        the primal point ``w``, so a change of ``v`` changes nothing in the
+        model: its latents stay encoded at the ``v`` they were
+        (``group["beta_encoded"]``, which the model's ``w = P(theta)`` is
+        computed with) until the next step re-encodes them
+        (:meth:`_reencode_pending`). Keeping ``w`` bit for bit, rather than
+        re-projecting the re-encoded latents (equal up to rounding), saves a
+        projection per change of ``v`` and lets a state dict saved at any
+        point reproduce the model's weights exactly.
         """
         v = group[self.anneal_key]
         old = self._projected.get(gi)
         if old == v:
             return
         check_value(self.anneal_key, v)  # type: ignore[arg-type]
-        tr = self._transform(group)
-        if tr.primal and old is not None:
-            for p in group["params"]:
-                theta = self.state[p]["latent"]
-                tr.rescale_(theta, old, v, self._scratch(theta) if tr.needs_scratch else None)
+        if old is not None and self._transform(group).primal:
+            return
         self._project(gi, group)
+
+    @torch.no_grad()
+    def _reencode_pending(self, tr: Transform, group: Dict[str, Any]) -> bool:
+        """Primal form, before a step: ``theta <- P_v^{-1}(P_e(theta))`` when ``v`` changed since the encoding ``e``.
+
+        A multiply by ``e / v`` for the tanh and softmax maps (whose latents
+        are re-encoded at ``e`` after every step), every latent of the group,
+        so the base step runs on the dual of the kept ``w`` at the current
+        ``v`` (THEORY.md §5: raising ``beta`` enlarges the effective step).
+        Returns whether it re-encoded.
+        """
+        key = self._encoded_key
+        old, v = group.get(key), group[self.anneal_key]  # type: ignore[index]
+        if not tr.primal or old is None or old == v:
+            return False
+        for p in group["params"]:
+            theta = self.state[p]["latent"]
+            tr.rescale_(theta, old, v, self._scratch(theta) if tr.needs_scratch else None)
+        group[key] = v
+        return True
 
     @torch.no_grad()
     def _relink(self) -> bool:
@@ -787,6 +824,8 @@ class LatentOptimizer(WrappedOptimizer):
             for gi, group in self._quantized_groups():
                 self._refresh(gi, group)
                 tr = self._transform(group)
+                # the model still holds P_e(theta): restore it from the re-encoded latents if the step fails
+                clobbered = self._reencode_pending(tr, group) or clobbered
                 v = group[self.anneal_key]
                 has = []
                 for p, bt in zip(group["params"], self.base_optimizer.param_groups[gi]["params"]):
@@ -814,7 +853,7 @@ class LatentOptimizer(WrappedOptimizer):
             before = self._hard_codes(stepped) if self._flips is not None else None
             self._base_step()
         except BaseException:
-            if clobbered:  # the parameters served as gradient buffers: put F(theta) back
+            if clobbered:  # the parameters served as gradient buffers (or latents were re-encoded): put F(theta) back
                 for gi, group in self._quantized_groups():
                     self._project(gi, group)
             raise
@@ -875,7 +914,7 @@ class LatentOptimizer(WrappedOptimizer):
                                    "flip_ratio": None, "frozen": 0.0, "quant_error": 0.0}
             if group["quantize"] and n:
                 tr = self._transform(group)
-                v = group[self.anneal_key]
+                v = self._value(tr, group)
                 frozen = err = 0.0
                 for p in group["params"]:
                     theta = self.state[p]["latent"]
@@ -919,6 +958,8 @@ class LatentOptimizer(WrappedOptimizer):
         saved_state = state_dict["state"]
         for gi, (saved, group) in enumerate(zip(state_dict["param_groups"], self.param_groups)):
             check_value(self.anneal_key, saved.get(self.anneal_key, 1.0))  # type: ignore[arg-type]
+            if self._encoded_key in saved:
+                check_value(self._encoded_key, saved[self._encoded_key])
             for pi, (sid, p) in enumerate(zip(saved["params"], group["params"])):
                 if not group["quantize"]:
                     continue
@@ -946,6 +987,9 @@ class LatentOptimizer(WrappedOptimizer):
         ids = [list(g["params"]) for g in outer["param_groups"]]
         outer = dict(outer, state=state)
         Optimizer.load_state_dict(self, outer)
+        for _, group in self._quantized_groups():  # saved before the primal form recorded its encoding: the group's v
+            if self._transform(group).primal:
+                group.setdefault(self._encoded_key, group[self.anneal_key])  # type: ignore[index]
         self.base_optimizer.load_state_dict(base)
         with torch.no_grad():
             for group, gl, gids in zip(self.param_groups, mine, ids):

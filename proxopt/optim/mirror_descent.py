@@ -29,8 +29,10 @@ class MirrorDescent(LatentOptimizer):
     i.e. the ProxConnect++ loop with ``F = P_beta`` and ``B' = 1``. Raising
     ``beta`` sharpens ``w``. Primal form (``stable=False``, MD-tanh /
     MD-softmax): the primal point is kept and ``theta = P_beta^{-1}(w)`` is
-    recomputed from it at the start, after every step and when ``beta``
-    changes (then a multiply by ``beta_old / beta``), so
+    recomputed from it at the start and after every step. A change of
+    ``beta`` leaves the model and the latents as they are (the group's
+    ``"beta_encoded"`` records the ``beta`` the latents are encoded at); the
+    next step re-encodes them first (a multiply by ``beta_encoded / beta``), so
     raising ``beta`` only enlarges the effective step (exact arithmetic gives
     the same iterates at fixed ``beta``; the paper reports the primal form is
     less stable in float32). ``exact_gradient=True`` applies the Jacobian of
