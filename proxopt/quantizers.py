@@ -347,8 +347,12 @@ def sigmoid_into(theta: Tensor, mu: float, out: Tensor, scale: float = 1.0) -> T
     product ``mu theta`` and the sigmoid in the same pass. About one ulp
     from ``torch.sigmoid(mu * theta)`` (measured: 1.4 eps relative to the
     exact value, ``torch.sigmoid`` 1.2 eps). The building block of the tanh
-    maps [MD] and sign-Swish [BNN+] kernels (THEORY.md §2, §5).
+    maps [MD] and sign-Swish [BNN+] kernels (THEORY.md §2, §5). With
+    ``mu = scale = 1`` it is ``torch.sigmoid`` itself, which has nothing to
+    fuse and is faster there (about 20% on CPU) and within one ulp.
     """
+    if mu == 1.0 and scale == 1.0:
+        return torch.sigmoid(theta, out=out)
     return torch.ops.aten.softplus_backward.grad_input(_full(scale, theta), theta, mu, _SIGMOID_CUT,
                                                        grad_input=out)
 
