@@ -21,6 +21,7 @@ References:
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -41,6 +42,12 @@ def _below_one(t: Tensor) -> float:
 def _affine_into(a: float, s: Tensor, b: float, out: Tensor) -> Tensor:
     """``out = a + b * s`` in one pass (``torch.add`` with a 0-d ``a`` and ``alpha = b``)."""
     return torch.add(_const(a, s), s, alpha=b, out=out)
+
+
+@functools.lru_cache(maxsize=256)
+def _dual_floor(dtype: torch.dtype, beta: float) -> float:
+    """``log(tiny) / beta`` rounded as ``dtype`` computes it: the softmax dual's floor (``u >= tiny``)."""
+    return float(torch.tensor(math.log(torch.finfo(dtype).tiny), dtype=dtype) / beta)
 
 
 def _log_cosh(y: Tensor) -> Tensor:
@@ -530,7 +537,7 @@ class Softmax(MirrorMap):
         if theta.numel() == 0:
             return theta
         cols = theta.unbind(-1)
-        floor = torch.tensor(math.log(torch.finfo(theta.dtype).tiny), dtype=theta.dtype) / beta
+        floor = _dual_floor(theta.dtype, beta)
         if d == 2:
             diff, t1 = self._buffers(theta, scratch, 2)
             torch.sub(cols[1], cols[0], out=diff)
@@ -544,7 +551,7 @@ class Softmax(MirrorMap):
             if t1 is not cols[1]:
                 cols[1].copy_(t1)
             torch.sub(cols[1], diff, out=cols[0])
-            return theta.clamp_min_(float(floor))
+            return theta.clamp_min_(floor)
         else:
             lse, e, tot = self._buffers(theta, scratch, 3)
             self._column_max(theta, lse)
@@ -559,7 +566,7 @@ class Softmax(MirrorMap):
             lse.add_(tot)
         for c in cols:
             torch.sub(c, lse, out=c)
-        return theta.clamp_min_(float(floor))
+        return theta.clamp_min_(floor)
 
     def primal_derivative(self, theta: Tensor, beta: float = 1.0) -> Tensor:
         """``dw/dtheta_j = beta u_j (q_j - w)`` (shape ``(..., d)``)."""
