@@ -664,7 +664,13 @@ class LatentOptimizer(WrappedOptimizer):
 
     # ------------------------------------------------------------- projection
     def latents(self, group: Dict[str, Any]) -> List[Tensor]:
-        """The latents ``theta`` of a quantized group, in parameter order."""
+        """The latents ``theta`` of a quantized group, in parameter order.
+
+        ``p = F_v(theta)`` with the group's ``v``; for the primal
+        mirror-descent form, with the ``v`` they are encoded at
+        (``group["beta_encoded"]``, which lags ``beta`` from a change of
+        ``beta`` to the next step).
+        """
         return [self.state[p]["latent"] for p in group["params"]]
 
     @torch.no_grad()
