@@ -706,7 +706,7 @@ class LatentOptimizer(WrappedOptimizer):
         self._projected[gi] = v
 
     @torch.no_grad()
-    def _refresh(self, gi: int, group: Dict[str, Any]) -> None:
+    def _refresh(self, gi: int, group: Dict[str, Any], tr: Optional[Transform] = None) -> None:
         """Restore the invariant ``p = F_v(theta)`` after ``v`` changed.
 
         The stable form re-projects the kept latents. The primal form keeps
@@ -724,7 +724,7 @@ class LatentOptimizer(WrappedOptimizer):
         if old == v:
             return
         check_value(self.anneal_key, v)  # type: ignore[arg-type]
-        if old is not None and self._transform(group).primal:
+        if old is not None and (tr or self._transform(group)).primal:
             return
         self._project(gi, group)
 
@@ -828,8 +828,8 @@ class LatentOptimizer(WrappedOptimizer):
         clobbered = False
         try:
             for gi, group in self._quantized_groups():
-                self._refresh(gi, group)
                 tr = self._transform(group)
+                self._refresh(gi, group, tr)
                 # the model still holds P_e(theta): restore it from the re-encoded latents if the step fails
                 clobbered = self._reencode_pending(tr, group) or clobbered
                 v = group[self.anneal_key]
