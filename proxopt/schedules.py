@@ -104,12 +104,16 @@ class AnnealScheduler:
         self.cum_lr: List[float] = [0.0 for _ in optimizer.param_groups]
         self.last_step = 0
 
-    def _value(self, i: int) -> float:
-        v0, k = self.base_values[i], self.last_step
+    def _value(self, i: int, k: int, cum_lr: float) -> float:
+        """Group ``i``'s value after ``k`` steps (``cum_lr``: its summed learning rates); inf where it overflows."""
+        v0 = self.base_values[i]
         if self.factor is not None:
-            v = v0 * self.factor ** (k // self.every)
+            try:
+                v = v0 * self.factor ** (k // self.every)
+            except OverflowError:  # factor ** n beyond the float range: max_value caps it below
+                v = math.inf
         elif self.cumulative is not None:
-            v = v0 + self.cumulative * self.cum_lr[i]
+            v = v0 + self.cumulative * cum_lr
         else:
             t = min(k, self.total_steps) / self.total_steps  # type: ignore[operator]
             v = v0 * (self.final / v0) ** t  # type: ignore[operator]
@@ -117,21 +121,37 @@ class AnnealScheduler:
             v = min(v, self.max_value)
         return v
 
+    def _values(self, k: int, cum_lr: List[float]) -> List[float]:
+        values = [self._value(i, k, c) for i, c in enumerate(cum_lr)]
+        for v, v0 in zip(values, self.base_values):
+            if not math.isfinite(v) or v < 0.0 or (v == 0.0 and v0 > 0.0):
+                raise ValueError(f"Invalid {self.key} after {k} scheduler steps: {v!r} (the schedule left the "
+                                 "positive floats; set max_value, or a factor closer to 1)")
+        return values
+
     def get_values(self) -> List[float]:
         """The value each group gets at the current step."""
-        return [self._value(i) for i in range(len(self.base_values))]
+        return [self._value(i, self.last_step, c) for i, c in enumerate(self.cum_lr)]
 
     def step(self) -> None:
-        """Advance one step, set the groups' values and re-project the model (``optimizer.refresh()``)."""
+        """Advance one step, set the groups' values and re-project the model (``optimizer.refresh()``).
+
+        Raises ``ValueError``, with the scheduler and the groups unchanged, if
+        a value would leave the positive floats (``factor ** k`` overflowing
+        without ``max_value``, or decaying to 0).
+        """
         groups = self.optimizer.param_groups
         if len(groups) != len(self.base_values):
             raise ValueError(f"Invalid optimizer state: {len(groups)} param groups, the scheduler knows "
                              f"{len(self.base_values)}")
+        cum_lr = list(self.cum_lr)
         for i, g in enumerate(groups):
             lr = g.get("lr", 0.0)
-            self.cum_lr[i] += float(lr.item()) if isinstance(lr, Tensor) else float(lr)
+            cum_lr[i] += float(lr.item()) if isinstance(lr, Tensor) else float(lr)
+        values = self._values(self.last_step + 1, cum_lr)  # raises, changing nothing, if the schedule overflows
+        self.cum_lr = cum_lr
         self.last_step += 1
-        for g, v in zip(groups, self.get_values()):
+        for g, v in zip(groups, values):
             if g.get("quantize", True):
                 g[self.key] = v
         refresh = getattr(self.optimizer, "refresh", None)

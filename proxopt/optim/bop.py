@@ -153,7 +153,10 @@ class Bop(WrappedOptimizer):
         return []
 
     # ------------------------------------------------------------------- step
-    def _check_hyper(self) -> None:
+    def _check_step_values(self) -> None:
+        """:meth:`~proxopt.optim.engine.WrappedOptimizer._check_step_values`, and each quantized group's
+        ``threshold`` and ``gamma``."""
+        super()._check_step_values()
         for _, g in self._quantized_groups():
             _threshold(g["threshold"])
             _gamma(g["gamma"])
@@ -173,7 +176,7 @@ class Bop(WrappedOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._check_hyper()
+        self._check_step_values()
         if not self._check_grads():
             return loss
         self._sync()

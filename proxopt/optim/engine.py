@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, Type
 
 import torch
 from torch import Tensor
@@ -70,8 +70,8 @@ def check_value(name: str, value: Any, *, positive: bool = True) -> float:
         else:
             raise TypeError(f"Invalid {name}: {value!r} (expected a positive float)")
     value = float(value)
-    if not math.isfinite(value) or (positive and value <= 0.0):
-        raise ValueError(f"Invalid {name}: {value} (expected a finite positive float)")
+    if not math.isfinite(value) or value < 0.0 or (positive and value == 0.0):
+        raise ValueError(f"Invalid {name}: {value} (expected a finite {'positive' if positive else 'non-negative'} float)")
     return value
 
 
@@ -83,11 +83,17 @@ def _check_nonfinite(value: Any) -> None:
         raise ValueError(f"Invalid nonfinite: {value!r} (expected 'raise' or 'skip')")
 
 
-def check_lr(value: Any) -> None:
-    """Validate a learning rate: a finite non-negative real (or a 0-d tensor holding one)."""
+def check_lr(value: Any, read_tensor: bool = True) -> None:
+    """Validate a learning rate: a finite non-negative real (or a 0-d tensor holding one).
+
+    ``read_tensor=False`` checks a tensor's type and size only, without
+    reading its value (which would wait for the device on every step).
+    """
     if isinstance(value, Tensor):
         if value.numel() != 1 or not value.is_floating_point():
             raise TypeError(f"Invalid lr: {value!r} (expected a finite non-negative float)")
+        if not read_tensor:
+            return
         v = float(value.detach().reshape(()).item())
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"Invalid lr: {value!r} (expected a finite non-negative float)")
@@ -233,6 +239,19 @@ class WrappedOptimizer(Optimizer):
         if "lr" in group:
             check_lr(group["lr"])
 
+    def _check_step_values(self) -> None:
+        """Validate, before a step changes anything, the group values that users and schedulers change between steps.
+
+        Here ``lr`` (a tensor ``lr`` by type and size only) and ``nonfinite``
+        of every group; subclasses add their own (the annealed ``mu``/``beta``).
+        A bad value raises ``ValueError``/``TypeError`` with nothing changed,
+        instead of a partial update or NaN weights.
+        """
+        for g in self.param_groups:
+            _check_nonfinite(g["nonfinite"])
+            if "lr" in g:
+                check_lr(g["lr"], read_tensor=False)
+
     def _base_params(self, group: Dict[str, Any]) -> List[Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -263,10 +282,18 @@ class WrappedOptimizer(Optimizer):
         super().add_param_group(group)
         if not self._building:
             g = self.param_groups[-1]
-            for key, val in self.base_optimizer.defaults.items():
-                g.setdefault(key, val)
-            self._init_group(g)
-            self.base_optimizer.add_param_group(self._inner_group(g))
+            try:
+                for key, val in self.base_optimizer.defaults.items():
+                    g.setdefault(key, val)
+                self._init_group(g)
+                self.base_optimizer.add_param_group(self._inner_group(g))
+            except BaseException:  # a rejected group leaves the optimizer as it was
+                self.param_groups.pop()
+                for p in g["params"]:
+                    self.state.pop(p, None)
+                if len(self.base_optimizer.param_groups) > len(self.param_groups):
+                    self.base_optimizer.param_groups.pop()
+                raise
             self._group_added(g)
 
     def _init_group(self, group: Dict[str, Any]) -> None:
@@ -413,14 +440,22 @@ class WrappedOptimizer(Optimizer):
     def state_dict(self) -> Dict[str, Any]:
         """Outer state (latents, per-parameter extras), groups, the base state and identity."""
         sd = super().state_dict()
+        # torch's state dict holds the live per-parameter dicts: copy them before adding to them
+        sd["state"] = {k: dict(v) for k, v in sd["state"].items()}
         sd["base"] = self._relayout_state(self.base_optimizer.state_dict(), saving=True)
         sd["proxopt"] = self._identity()
-        # The base optimizer's parameters mirror the outer ones one for one (same
-        # flat index), so its per-parameter state can also travel inside the outer
-        # per-parameter entry: tools that re-index optimizer state per parameter
-        # (ZeroRedundancyOptimizer consolidation) then keep it.
+        # The base optimizer's groups mirror the outer ones, each with the same
+        # parameters one for one or none at all (Bop's quantized groups), so its
+        # per-parameter state can also travel inside the outer per-parameter entry:
+        # tools that re-index optimizer state per parameter (ZeroRedundancyOptimizer
+        # consolidation) then keep it.
+        outer_of = {}
+        for og, bg in zip(sd["param_groups"], sd["base"]["param_groups"]):
+            if len(og["params"]) == len(bg["params"]):
+                outer_of.update(zip(bg["params"], og["params"]))
         for idx, st in sd["base"]["state"].items():
-            sd["state"].setdefault(idx, {})["base_state"] = st
+            if idx in outer_of:
+                sd["state"].setdefault(outer_of[idx], {})["base_state"] = st
         return sd
 
     def _relayouts(self) -> List[Optional[Transform]]:
@@ -557,6 +592,8 @@ class LatentOptimizer(WrappedOptimizer):
     def __init__(self, params: Any, base: Type[Optimizer], own: Dict[str, Any], base_kwargs: Dict[str, Any]) -> None:
         self._transform_cache: Dict[str, Transform] = {}
         self._projected: Dict[int, float] = {}
+        #: group index -> indices of its parameters that hold hard levels (``finalize()``), until re-projected
+        self._hard: Dict[int, Set[int]] = {}
         self._flips: Optional[Dict[int, Tuple[int, int]]] = None
         own = dict(own)
         own["scale"] = base_kwargs.pop("scale", None)
@@ -584,6 +621,16 @@ class LatentOptimizer(WrappedOptimizer):
         group[k] = check_value(k, group[k])  # type: ignore[index]
         if group["scale"] not in SCALES:
             raise ValueError(f"Invalid scale: {group['scale']!r} (expected None, 'tensor' or 'channel')")
+
+    def _check_step_values(self) -> None:
+        """:meth:`WrappedOptimizer._check_step_values`, and each quantized group's ``mu``/``beta``.
+
+        A one-element tensor value is replaced by its float (the quantizer kernels take Python floats).
+        """
+        super()._check_step_values()
+        k = self.anneal_key
+        for _, g in self._quantized_groups():
+            g[k] = check_value(k, g[k])  # type: ignore[index]
 
     def _check_scalable(self, group: Dict[str, Any]) -> None:
         if group["scale"] is not None and group["quantize"] and not self._transform(group).scalable:
@@ -699,10 +746,13 @@ class LatentOptimizer(WrappedOptimizer):
     def _project(self, gi: int, group: Dict[str, Any], only: Optional[List[bool]] = None) -> None:
         tr = self._transform(group)
         v = self._value(tr, group)
+        hard = self._hard.get(gi) if self._hard else None
         for i, p in enumerate(group["params"]):
             if only is not None and not only[i]:
                 continue
             self._write(tr, group, p, self.state[p]["latent"], v)
+            if hard:
+                hard.discard(i)
         self._projected[gi] = v
 
     @torch.no_grad()
@@ -723,30 +773,34 @@ class LatentOptimizer(WrappedOptimizer):
         old = self._projected.get(gi)
         if old == v:
             return
-        check_value(self.anneal_key, v)  # type: ignore[arg-type]
         if old is not None and (tr or self._transform(group)).primal:
             return
         self._project(gi, group)
 
     @torch.no_grad()
-    def _reencode_pending(self, tr: Transform, group: Dict[str, Any]) -> bool:
+    def _reencode_pending(self, tr: Transform, group: Dict[str, Any]) -> Optional[Tuple[float, List[Tensor]]]:
         """Primal form, before a step: ``theta <- P_v^{-1}(P_e(theta))`` when ``v`` changed since the encoding ``e``.
 
         A multiply by ``e / v`` for the tanh and softmax maps (whose latents
         are re-encoded at ``e`` after every step), every latent of the group,
         so the base step runs on the dual of the kept ``w`` at the current
         ``v`` (THEORY.md §5: raising ``beta`` enlarges the effective step).
-        Returns whether it re-encoded.
+        Returns None if nothing changed, else ``e`` and copies of the latents
+        as they were, so that a step that fails afterwards can put them back
+        bit for bit (one copy per change of ``v``; dividing by ``e / v``
+        would restore them only up to rounding).
         """
         key = self._encoded_key
         old, v = group.get(key), group[self.anneal_key]  # type: ignore[index]
         if not tr.primal or old is None or old == v:
-            return False
+            return None
+        saved = []
         for p in group["params"]:
             theta = self.state[p]["latent"]
+            saved.append(theta.clone())
             tr.rescale_(theta, old, v, self._scratch(theta) if tr.needs_scratch else None)
         group[key] = v
-        return True
+        return old, saved
 
     @torch.no_grad()
     def _relink(self) -> bool:
@@ -786,7 +840,12 @@ class LatentOptimizer(WrappedOptimizer):
         return changed
 
     def refresh(self) -> None:
-        """Re-establish ``model = F(theta)`` after ``mu``/``beta`` changed (schedulers call this)."""
+        """Re-establish ``model = F(theta)`` after ``mu``/``beta`` changed (schedulers call this).
+
+        Raises ``ValueError``/``TypeError`` for an invalid ``mu``/``beta`` (or
+        ``lr``), before anything changes.
+        """
+        self._check_step_values()
         self._relink()
         for gi, g in self._quantized_groups():
             self._refresh(gi, g)
@@ -818,23 +877,24 @@ class LatentOptimizer(WrappedOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for gi, g in self._quantized_groups():
-            check_value(self.anneal_key, g[self.anneal_key])  # type: ignore[arg-type]
+        self._check_step_values()
         if not self._check_grads():
             return loss
         self._relink()
         self._sync()
         stepped: List[Tuple[int, Dict[str, Any], List[bool]]] = []
-        clobbered = False
+        reencoded: Dict[int, Tuple[float, List[Tensor]]] = {}  # group -> its encoding and latents before the step
+        clobbered: List[Tuple[int, int]] = []  # (group, parameter) whose storage served as a gradient buffer
         try:
             for gi, group in self._quantized_groups():
                 tr = self._transform(group)
                 self._refresh(gi, group, tr)
-                # the model still holds P_e(theta): restore it from the re-encoded latents if the step fails
-                clobbered = self._reencode_pending(tr, group) or clobbered
+                undo = self._reencode_pending(tr, group)
+                if undo is not None:
+                    reencoded[gi] = undo
                 v = group[self.anneal_key]
                 has = []
-                for p, bt in zip(group["params"], self.base_optimizer.param_groups[gi]["params"]):
+                for pi, (p, bt) in enumerate(zip(group["params"], self.base_optimizer.param_groups[gi]["params"])):
                     theta = self.state[p]["latent"]
                     g = p.grad
                     if g is None:
@@ -849,7 +909,8 @@ class LatentOptimizer(WrappedOptimizer):
                     else:
                         same = p.dtype == theta.dtype and p.shape == theta.shape
                         out = p.detach() if same else (self._grad_buffer(p, theta) if tr.grad_buffer else None)
-                        clobbered = clobbered or same
+                        if same:
+                            clobbered.append((gi, pi))
                         gb = tr.to_base(tr.grad_into(theta, g, v, out, scratch) if out is not None
                                         else tr.backward(theta, g, v))
                         # a relaid-out dual's gradient in the base tensor's layout (fused kernels need it)
@@ -859,9 +920,7 @@ class LatentOptimizer(WrappedOptimizer):
             before = self._hard_codes(stepped) if self._flips is not None else None
             self._base_step()
         except BaseException:
-            if clobbered:  # the parameters served as gradient buffers (or latents were re-encoded): put F(theta) back
-                for gi, group in self._quantized_groups():
-                    self._project(gi, group)
+            self._undo_step(reencoded, clobbered)
             raise
         finally:
             for gi, _ in self._quantized_groups():
@@ -869,10 +928,32 @@ class LatentOptimizer(WrappedOptimizer):
                     bt.grad = None
         for gi, group, has in stepped:
             self._encode(self._transform(group), group, has)
-            self._project(gi, group, has)
+            # after a re-encoding, parameters without a gradient too: p = P(theta) at the new encoding, bit for bit
+            self._project(gi, group, None if gi in reencoded else has)
         if before is not None:
             self._count_flips(stepped, before)
         return loss
+
+    @torch.no_grad()
+    def _undo_step(self, reencoded: Dict[int, Tuple[float, List[Tensor]]], clobbered: List[Tuple[int, int]]) -> None:
+        """A step failed before its base step finished: put back what it changed, bit for bit.
+
+        ``reencoded``: the primal form's re-encoded groups, with their old
+        encoding and latents (:meth:`_reencode_pending`); ``clobbered``: the
+        parameters whose storage held their latent gradient, rewritten as
+        what they held: ``F(theta)``, or the hard levels after :meth:`finalize`.
+        """
+        for gi, (old, saved) in reencoded.items():
+            group = self.param_groups[gi]
+            for p, copy in zip(group["params"], saved):
+                self.state[p]["latent"].copy_(copy)
+            group[self._encoded_key] = old
+        for gi, pi in clobbered:
+            group = self.param_groups[gi]
+            tr = self._transform(group)
+            p = group["params"][pi]
+            hard = pi in self._hard.get(gi, ())
+            self._write(tr, group, p, self.state[p]["latent"], None if hard else self._value(tr, group))
 
     # ------------------------------------------------------------ diagnostics
     def _hard_codes(self, stepped: List[Tuple[int, Dict[str, Any], List[bool]]]) -> List[List[Tensor]]:
@@ -943,10 +1024,30 @@ class LatentOptimizer(WrappedOptimizer):
     # ------------------------------------------------------------ hard / final
     @torch.no_grad()
     def _write_hard(self) -> None:
-        for _, group in self._quantized_groups():
+        for gi, group in self._quantized_groups():
             tr = self._transform(group)
             for p in group["params"]:
                 self._write(tr, group, p, self.state[p]["latent"], None)
+            self._hard[gi] = set(range(len(group["params"])))
+
+    @contextmanager
+    def hard(self) -> Iterator["LatentOptimizer"]:
+        """:meth:`WrappedOptimizer.hard`: the hard levels ``hard(theta)`` inside the block, ``F(theta)`` restored after.
+
+        Example:
+            >>> import proxopt, torch
+            >>> w = torch.nn.Parameter(torch.tensor([0.3, -0.2]))
+            >>> opt = proxopt.optimizer("bc", [w], lr=0.1)
+            >>> with opt.hard():
+            ...     w.tolist()
+            [1.0, -1.0]
+        """
+        marks = {gi: set(s) for gi, s in self._hard.items()}
+        try:
+            with super().hard():
+                yield self
+        finally:
+            self._hard = marks
 
     def finalize(self) -> None:
         """Write exactly quantized weights into the model for good.

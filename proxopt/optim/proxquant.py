@@ -145,11 +145,22 @@ class ProxQuant(WrappedOptimizer):
 
     def _normalize_group(self, group: Dict[str, Any]) -> None:
         super()._normalize_group(group)
+        self._check_prox_values(group)
+
+    @staticmethod
+    def _check_prox_values(group: Dict[str, Any]) -> None:
         group["mu"] = _check_reg(group["mu"])
         group["levels"] = list(make_levels(group["levels"]))
         fa = group["freeze_at"]
         if fa is not None and (isinstance(fa, bool) or not isinstance(fa, int) or fa < 1):
             raise ValueError(f"Invalid freeze_at: {fa!r} (expected a positive int or None)")
+
+    def _check_step_values(self) -> None:
+        """:meth:`~proxopt.optim.engine.WrappedOptimizer._check_step_values`, and each quantized group's
+        ``mu`` (``reg``), ``levels`` and ``freeze_at``."""
+        super()._check_step_values()
+        for _, g in self._quantized_groups():
+            self._check_prox_values(g)
 
     def _structural_keys(self) -> Tuple[str, ...]:
         return ("quantize", "levels")
@@ -169,19 +180,28 @@ class ProxQuant(WrappedOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for _, g in self._quantized_groups():
-            _check_reg(g["mu"])
+        self._check_step_values()
         if not self._check_grads():
             return loss
         self._sync()
         had = [[p.grad is not None for p in g["params"]] for g in self.param_groups]
-        self._base_step()
+        # frozen weights (rounded at freeze_at) sit out the base step: no update, no moments, no weight decay
+        hidden = [(p, p.grad) for _, g in self._quantized_groups() if g["freeze_at"] is not None
+                  for p in g["params"] if p.grad is not None and self.state[p].get("prox_step", 0) >= g["freeze_at"]]
+        for p, _ in hidden:
+            p.grad = None
+        try:
+            self._base_step()
+        finally:
+            for p, grad in hidden:
+                p.grad = grad
+        frozen = {id(p) for p, _ in hidden}
         for gi, group in self._quantized_groups():
             levels = tuple(group["levels"])
             lr = group.get("lr", 1.0)
             lr = float(lr.item()) if isinstance(lr, Tensor) else float(lr)
             for p, h in zip(group["params"], had[gi]):
-                if not h:
+                if not h or id(p) in frozen:
                     continue
                 st = self.state[p]
                 t = int(st.get("prox_step", 0)) + 1
