@@ -320,12 +320,15 @@ class ShiftedTanh(MirrorMap):
 
     ``P`` is odd and strictly increasing from -1 to 1. Its inverse is closed
     form: with ``C = cosh(beta)``, ``x = exp(2 beta theta)`` solves
-    ``(1 - w) x^2 - 2 w C x - (1 + w) = 0``, so for ``w >= 0``
+    ``(1 - w) x^2 - 2 w C x - (1 + w) = 0``, whose positive root gives
 
-    .. math:: \\theta = \\frac{1}{2\\beta}\\Big[\\log C +
-              \\log\\big(w + \\sqrt{w^2 + (1 - w^2)/C^2}\\big) - \\log(1 - w)\\Big]
+    .. math:: \\theta = \\frac{1}{2\\beta}\\Big[\\operatorname{atanh}(w) +
+              \\operatorname{asinh}\\Big(\\frac{wC}{\\sqrt{1 - w^2}}\\Big)\\Big]
 
-    and ``P^{-1}(-w) = -P^{-1}(w)``. The potential uses
+    (``log(wC + sqrt(w^2 C^2 + 1 - w^2)) - log(1 - w)`` rewritten), odd in
+    ``w`` and finite for every ``beta``: beyond ``beta`` of about 700, where
+    ``C`` overflows, the asinh argument is formed in logs and, above 1e8,
+    the asinh is ``log 2 + log|w| + log C - log(1 - w^2)/2``. The potential uses
     ``Phi(w) = w theta - int_0^theta P`` with
     ``int_0^theta P = [log cosh(beta(theta+1/2)) + log cosh(beta(theta-1/2))
     - 2 log cosh(beta/2)] / (2 beta)``. ``hard`` rounds to ``{-1, 0, 1}``.
@@ -354,15 +357,19 @@ class ShiftedTanh(MirrorMap):
     def to_dual(self, w: Tensor, beta: float = 1.0) -> Tensor:
         m = _below_one(w)
         wd = w.clamp(-m, m).double()
-        log_c = beta + math.log1p(math.exp(-2.0 * beta)) - math.log(2.0)
-        inv_c2 = math.exp(-2.0 * log_c)
-
-        def f(a: Tensor) -> Tensor:
-            return (log_c + torch.log(a + torch.sqrt(a * a + (1.0 - a * a) * inv_c2)) - torch.log1p(-a)) / (2.0 * beta)
-
-        f0 = f(torch.zeros((), dtype=torch.float64, device=w.device))  # 0 up to rounding
-        # odd extension written without sign/abs, so autograd is right at w = 0 too
-        return torch.where(wd >= 0, f(wd) - f0, f0 - f(-wd)).to(w.dtype)
+        log_c = beta + math.log1p(math.exp(-2.0 * beta)) - math.log(2.0)  # log cosh(beta), no overflow
+        root = torch.sqrt(1.0 - wd * wd)
+        if log_c < 700.0:  # cosh(beta) and w C / sqrt(1 - w^2) are finite (|w| < 1 - eps/2)
+            far = torch.asinh(wd * (math.exp(log_c) / root))
+        else:  # in logs: lz = log|z|; asinh(|z|) = log 2 + lz to float64 precision once |z| > 1e8
+            a = wd.abs()
+            # w = 0 gives theta = 0; autograd there gives 1/beta, not the overflowing (1 + C)/(2 beta)
+            safe = torch.where(a > 0, a, torch.ones_like(a))
+            lz = torch.log(safe) + log_c - torch.log(root)
+            big = math.log(1e8)
+            mag = torch.where(lz > big, math.log(2.0) + lz, torch.asinh(torch.exp(lz.clamp_max(big))))
+            far = torch.where(a > 0, torch.sign(wd) * mag, wd)
+        return ((torch.atanh(wd) + far) / (2.0 * beta)).to(w.dtype)
 
     def potential(self, w: Tensor, beta: float = 1.0) -> Tensor:
         theta = self.to_dual(w, beta).double()

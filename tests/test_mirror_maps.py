@@ -378,6 +378,27 @@ def test_shifted_tanh_levels_and_oddness():
         assert float(m.to_primal(torch.zeros(1, dtype=torch.float64), beta)) == 0.0
 
 
+@FAST
+@given(st.lists(st.floats(-0.999, 0.999), min_size=1, max_size=8),
+       st.one_of(st.sampled_from([1e-3, 360.0, 700.0, 710.0, 1e4, 1e6]), st.floats(1e-3, 1e5)))
+@example([0.0, 1e-300, 0.3, -0.9], 1e4)
+def test_shifted_tanh_to_dual_at_any_beta(ws, beta):
+    """``P^{-1}`` is finite and odd at every ``beta`` (the anneal reaches 1e4; ``cosh(beta)`` overflows past 710),
+    ``P(P^{-1}(w)) = w``, and the potential and Bregman divergence stay finite and non-negative."""
+    m = mm.ShiftedTanh()
+    w = torch.tensor(ws, dtype=torch.float64)
+    theta = m.to_dual(w, beta)
+    assert torch.isfinite(theta).all()
+    assert torch.equal(m.to_dual(-w, beta), -theta)
+    # |dP/dtheta| <= beta, so the round trip's error is at most beta times theta's rounding
+    tol = 1e-12 * max(1.0, beta * float(theta.abs().max()))
+    torch.testing.assert_close(m.to_primal(theta, beta), w, rtol=0.0, atol=tol)
+    phi = m.potential(w, beta)
+    assert torch.isfinite(phi).all() and (phi >= -1e-12).all()
+    d = m.bregman(w, w.flip(0), beta)
+    assert torch.isfinite(d).all() and (d >= -1e-9).all()
+
+
 # ---------------------------------------------------------------- softmax
 
 
