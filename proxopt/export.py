@@ -76,15 +76,24 @@ def pack_bits(codes: Tensor, bits: int) -> Tensor:
     Returns:
         ``uint8`` tensor of shape ``(bits, ceil(n / 8))``.
 
+    Raises:
+        ValueError: for ``bits`` outside 0..8 or a code outside ``[0, 2**bits)``.
+        TypeError: for codes that are not an integer (or bool) tensor.
+
     Example:
         >>> pack_bits(torch.tensor([1, 0, 1, 1, 0, 0, 0, 0, 1]), 1)
         tensor([[13,  1]], dtype=torch.uint8)
     """
     if isinstance(bits, bool) or not isinstance(bits, int) or not 0 <= bits <= 8:
         raise ValueError(f"Invalid bits: {bits!r} (expected an int in 0..8)")
+    if not isinstance(codes, Tensor) or codes.is_floating_point() or codes.is_complex():
+        raise TypeError(f"Invalid codes: expected an integer or bool tensor, got {getattr(codes, 'dtype', type(codes))}")
     flat = codes.reshape(-1)
     n = flat.numel()
     nbytes = (n + 7) // 8
+    if n and (int(flat.min()) < 0 or int(flat.max()) >= 2 ** bits):
+        raise ValueError(f"Invalid codes: values from {int(flat.min())} to {int(flat.max())} do not fit in "
+                         f"bits={bits} (expected 0..{2 ** bits - 1})")
     if bits == 0 or n == 0:
         return torch.zeros(bits, nbytes, dtype=torch.uint8)
     c = torch.zeros(nbytes * 8, dtype=torch.uint8)
@@ -151,7 +160,7 @@ def _plan(t: Tensor, channel: bool, max_bits: int) -> Optional[Dict[str, Any]]:
     es = t.element_size()
     base: Dict[str, Any] = {"shape": list(t.shape), "channel": channel, "numel": n}
     if n == 0:
-        return dict(base, kind="levels", bits=0, codes=pack_bits(torch.zeros(0), 0),
+        return dict(base, kind="levels", bits=0, codes=pack_bits(torch.zeros(0, dtype=torch.uint8), 0),
                     levels=torch.zeros(c, 0, dtype=t.dtype), cost=0)
     pats = _patterns(t).reshape(c, -1).to(torch.int64)
     info = torch.iinfo(_INT_OF_SIZE[es])
@@ -240,9 +249,16 @@ def encode_tensor(t: Tensor, mode: str = "auto", max_bits: int = 8) -> Dict[str,
     return best
 
 
+_ENTRY_KEYS = {"raw": ("data",), "sign": ("shape", "numel", "channel", "codes", "scale"),
+               "levels": ("shape", "numel", "channel", "codes", "levels")}
+
+
 def _check_entry(entry: Any, name: str) -> str:
-    if not isinstance(entry, dict) or entry.get("kind") not in ("raw", "sign", "levels"):
+    if not isinstance(entry, dict) or entry.get("kind") not in _ENTRY_KEYS:
         raise ValueError(f"Invalid entry for {name!r}: expected a dict with kind 'raw', 'sign' or 'levels'")
+    missing = [k for k in _ENTRY_KEYS[entry["kind"]] if k not in entry]
+    if missing:
+        raise ValueError(f"Invalid entry for {name!r}: malformed, kind {entry['kind']!r} without {', '.join(missing)}")
     return entry["kind"]
 
 

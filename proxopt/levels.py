@@ -14,6 +14,7 @@ References:
 from __future__ import annotations
 
 import math
+import sys
 from numbers import Integral, Real
 from typing import Sequence, Tuple, Union
 
@@ -26,6 +27,11 @@ LevelsSpec = Union[str, int, Sequence[float]]
 
 BINARY: Tuple[float, ...] = (-1.0, 1.0)
 TERNARY: Tuple[float, ...] = (-1.0, 0.0, 1.0)
+
+
+#: magnitude range of nonzero levels: normal float64 numbers (no subnormals, whose halves round) whose
+#: pairwise sums cannot overflow
+_LEVEL_MIN, _LEVEL_MAX = sys.float_info.min, sys.float_info.max / 2.0
 
 
 def make_levels(spec: LevelsSpec = "binary") -> Tuple[float, ...]:
@@ -43,7 +49,8 @@ def make_levels(spec: LevelsSpec = "binary") -> Tuple[float, ...]:
 
     Raises:
         ValueError: for an unknown name, a bit width out of range, fewer than
-            two levels, repeated or non-finite levels.
+            two levels, repeated or non-finite levels, or nonzero levels that
+            are subnormal or above half the largest float in magnitude.
         TypeError: for any other type.
 
     Example:
@@ -78,6 +85,9 @@ def make_levels(spec: LevelsSpec = "binary") -> Tuple[float, ...]:
             raise ValueError(f"Invalid levels: {spec!r} (need at least two levels)")
         if not all(math.isfinite(q) for q in vals):
             raise ValueError(f"Invalid levels: {spec!r} (levels must be finite)")
+        if any(q != 0.0 and not _LEVEL_MIN <= abs(q) <= _LEVEL_MAX for q in vals):
+            raise ValueError(f"Invalid levels: {spec!r} (nonzero levels must be normal floats of magnitude at most "
+                             f"{_LEVEL_MAX:g}, so that midpoints between them are exact)")
         out = tuple(sorted(vals))
         if any(b <= a for a, b in zip(out, out[1:])):
             raise ValueError(f"Invalid levels: {spec!r} (levels must be distinct)")

@@ -383,25 +383,30 @@ def sign_swish(x: Tensor, mu: float = 1.0) -> Tensor:
     """Sign-Swish ``SS_mu(x) = 2 sigma(mu x) [1 + mu x (1 - sigma(mu x))] - 1`` [BNN+].
 
     Computed as ``SS_mu(x) = t + (1 - t^2) x mu/2`` with ``t = tanh(mu x / 2)``
-    (``sigma(z) = (1 + tanh(z/2)) / 2``), which never overflows. Odd,
+    (``sigma(z) = (1 + tanh(z/2)) / 2``), which never overflows (where
+    ``tanh`` saturates it returns ``t = ±1``, even for an infinite ``mu x``). Odd,
     ``SS_mu(0) = 0``, overshoots to about 1.1997 at ``mu x ≈ 2.40`` and tends
     to ``sign`` pointwise as ``mu -> inf`` (THEORY.md §2). Where ``mu x / 2``
     underflows to 0 (subnormal ``x``) it returns ``mu x``, the first-order
     value, so the sign survives wherever ``mu x`` is representable.
     """
     t = torch.tanh(x * (mu / 2.0))
-    return torch.where(t == 0, x * mu, (1.0 - t * t) * x * (mu / 2.0) + t)
+    ss = torch.where(t == 0, x * mu, (1.0 - t * t) * x * (mu / 2.0) + t)
+    # where tanh saturates (|t| = 1) the correction (1 - t^2) y is below rounding: t, also where y overflows
+    return torch.where(t.abs() == 1, t, ss)
 
 
 def sign_swish_derivative(x: Tensor, mu: float = 1.0) -> Tensor:
     """``SS'_mu(x) = mu [2 - mu x tanh(mu x / 2)] / [1 + cosh(mu x)]`` [BNN+].
 
     Computed as ``mu (1 - y t)(1 - t^2)`` with ``y = mu x / 2`` and
-    ``t = tanh(y)`` (``1 + cosh z = 2 cosh^2(z/2)``), which never overflows.
+    ``t = tanh(y)`` (``1 + cosh z = 2 cosh^2(z/2)``), which never overflows;
+    0 where ``tanh`` saturates (``|t| = 1``), the value to rounding.
     """
     y = x * (mu / 2.0)
     t = torch.tanh(y)
-    return (1.0 - y * t) * (1.0 - t * t) * mu
+    d = (1.0 - y * t) * (1.0 - t * t) * mu
+    return torch.where(t.abs() == 1, torch.zeros_like(d), d)  # saturated: below rounding (0 * inf where y overflows)
 
 
 class SignSwish(Quantizer):
@@ -601,7 +606,9 @@ class LinearProx(Quantizer):
 
     @staticmethod
     def dead_zone(mu: float) -> float:
-        """``a = max(0, 1 - 1/mu)``: the dead-zone fraction reached at strength ``mu``."""
+        """``a = max(0, 1 - 1/mu)``: the dead-zone fraction reached at strength ``mu > 0`` (``mu = inf``: 1)."""
+        if not mu > 0.0:  # also NaN
+            raise ValueError(f"Invalid mu: {mu!r} (expected a positive float)")
         return max(0.0, 1.0 - 1.0 / mu) if math.isfinite(mu) else 1.0
 
     def value(self, theta: Tensor, mu: float = 1.0) -> Tensor:

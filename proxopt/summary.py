@@ -164,13 +164,14 @@ def _detected_rows(model: nn.Module) -> List[GroupSummary]:
         else:
             nbytes = sum(v.numel() * v.element_size() for v in e.values() if isinstance(v, Tensor))
             d = 2 if e["kind"] == "sign" else max(int(e["levels"].shape[1]), 1)
-            quant.setdefault(max(int(e["bits"]), 1), []).append((p, nbytes, d, bool(e["channel"])))
+            quant.setdefault(int(e["bits"]), []).append((p, nbytes, d, bool(e["channel"])))  # 0: one value
     for bits in sorted(quant):
         ps = [p for p, _, _, _ in quant[bits]]
         n = sum(p.numel() for p in ps)
         nbytes = sum(b for _, b, _, _ in quant[bits])
         per_channel = any(c for _, _, _, c in quant[bits])
-        rows.append(GroupSummary(label=f"{bits}-bit (detected)", quantize=True, tensors=len(ps), params=n,
+        label = f"{bits}-bit (detected)" if bits else "constant (detected)"
+        rows.append(GroupSummary(label=label, quantize=True, tensors=len(ps), params=n,
                                  levels=max(d for _, _, d, _ in quant[bits]), bits=float(bits),
                                  packed_bytes=nbytes, fp32_bytes=4 * n, scale="channel" if per_channel else "tensor"))
     if fp:

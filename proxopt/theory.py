@@ -12,6 +12,7 @@ References:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
@@ -54,6 +55,10 @@ def check_pair(forward: Any, backward: Any, mu: float = 1.0, low: float = -4.0, 
         mu: strength at which both are evaluated.
         low, high, num: the grid (0 is always included).
 
+    Raises:
+        ValueError: for ``num < 2``, a non-finite or non-positive ``mu``, or
+            a grid without ``low < high``.
+
     Example:
         >>> check_pair("sign", "clip").ok
         True
@@ -64,6 +69,15 @@ def check_pair(forward: Any, backward: Any, mu: float = 1.0, low: float = -4.0, 
         [PC++] Lu et al., NeurIPS 2023; THEORY.md §2.
     """
     F, B = qz.get(forward), qz.get(backward)
+    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
+        raise ValueError(f"Invalid num: {num!r} (expected an int >= 2)")
+    for name, v in (("mu", mu), ("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"Invalid {name}: {v!r} (expected a finite float)")
+    if not mu > 0:
+        raise ValueError(f"Invalid mu: {mu!r} (expected a positive float)")
+    if not low < high:
+        raise ValueError(f"Invalid low, high: {low!r}, {high!r} (expected low < high)")
     theta = torch.cat([torch.linspace(low, high, num, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
     theta = torch.unique(theta)
     b = B.value(theta, mu)
