@@ -138,7 +138,8 @@ class AnnealScheduler:
 
         Raises ``ValueError``, with the scheduler and the groups unchanged, if
         a value would leave the positive floats (``factor ** k`` overflowing
-        without ``max_value``, or decaying to 0).
+        without ``max_value``, or decaying to 0) or the optimizer refuses it
+        (``refresh()`` raising; e.g. beyond float32 for float32 latents).
         """
         groups = self.optimizer.param_groups
         if len(groups) != len(self.base_values):
@@ -149,6 +150,7 @@ class AnnealScheduler:
             lr = g.get("lr", 0.0)
             cum_lr[i] += float(lr.item()) if isinstance(lr, Tensor) else float(lr)
         values = self._values(self.last_step + 1, cum_lr)  # raises, changing nothing, if the schedule overflows
+        before = (self.cum_lr, self.last_step, [g.get(self.key) for g in groups])
         self.cum_lr = cum_lr
         self.last_step += 1
         for g, v in zip(groups, values):
@@ -156,7 +158,14 @@ class AnnealScheduler:
                 g[self.key] = v
         refresh = getattr(self.optimizer, "refresh", None)
         if refresh is not None:
-            refresh()
+            try:
+                refresh()
+            except BaseException:  # the optimizer refused the values (it checks them before changing anything)
+                self.cum_lr, self.last_step = before[0], before[1]
+                for g, v in zip(groups, before[2]):
+                    if g.get("quantize", True):
+                        g[self.key] = v
+                raise
 
     def state_dict(self) -> Dict[str, Any]:
         """Everything but the optimizer (as torch's LR schedulers)."""

@@ -58,6 +58,10 @@ def scale_of(theta: Tensor, mode: str) -> Tensor:
         return alpha.view((-1,) + (1,) * (theta.dim() - 1))
     return torch.linalg.vector_norm(theta, 1) / theta.numel()
 
+#: the largest mu/beta for float32 latents: 2**120, headroom below float32's largest value (2**128) for the
+#: kernels' scaled copies of it (2 beta, 4 mu, ...)
+_F32_MAX = 2.0 ** 120
+
 #: Group keys that belong to proxopt, never passed to the base optimizer.
 COMMON_KEYS = ("quantize",)
 
@@ -626,11 +630,17 @@ class LatentOptimizer(WrappedOptimizer):
         """:meth:`WrappedOptimizer._check_step_values`, and each quantized group's ``mu``/``beta``.
 
         A one-element tensor value is replaced by its float (the quantizer kernels take Python floats).
+        A value beyond ``2**120`` (float32's largest is about ``2**128``) is
+        refused for groups with float32 latents, whose kernels multiply by it
+        (and by small multiples of it) in float32.
         """
         super()._check_step_values()
         k = self.anneal_key
         for _, g in self._quantized_groups():
-            g[k] = check_value(k, g[k])  # type: ignore[index]
+            v = g[k] = check_value(k, g[k])  # type: ignore[index]
+            if v > _F32_MAX and any(self.state[p]["latent"].dtype == torch.float32 for p in g["params"]):
+                raise ValueError(f"Invalid {k}: {v} (beyond {_F32_MAX:g}, the largest value float32 latents "
+                                 "take; cap the schedule with max_value)")
 
     def _check_scalable(self, group: Dict[str, Any]) -> None:
         if group["scale"] is not None and group["quantize"] and not self._transform(group).scalable:
