@@ -109,8 +109,10 @@ class ProxQuant(WrappedOptimizer):
     There is no separate latent: the model holds ``theta`` (soft) and the
     gradient is taken at ``theta``. ``eta`` is the group's current ``lr`` and
     ``t`` the parameter's step count. At step ``freeze_at`` (if given) the
-    weights are set to ``round_Q(theta)`` and kept there (the official code
-    freezes at epoch 200 of 300). ``mu`` is the group key for ``lambda``
+    weights are set to ``round_Q(theta)`` and kept there: on later steps they
+    sit out the base step (no update, no moment or weight-decay change), as
+    parameters without a gradient do (the official code freezes at epoch 200
+    of 300). ``mu`` is the group key for ``lambda``
     (``reg``), so :class:`proxopt.AnnealScheduler` can scale it too.
 
     Args:
