@@ -569,3 +569,24 @@ def test_largest_accepted_anneal_value_keeps_weights_finite(name):
     opt.param_groups[0][opt.anneal_key] = 2.0 ** 121
     with pytest.raises(ValueError, match=opt.anneal_key):
         opt.refresh()
+
+
+@pytest.mark.parametrize("name", ["bnn++", "md-softmax", "pq", "bop"])
+@pytest.mark.parametrize("flip_group", [0, 1])
+def test_quantize_cannot_change_after_the_group_was_added(name, flip_group):
+    """``quantize`` decides what the base optimizer steps (latents, the weights, or nothing for Bop), so a
+    group whose ``quantize`` changed afterwards is refused before the step changes anything."""
+    params = make_params(2, 4)
+    opt = proxopt.optimizer(name, [{"params": [params[0]]}, {"params": [params[1]], "quantize": False}], lr=0.05)
+    grads(params, 1)
+    opt.step()
+    group = opt.param_groups[flip_group]
+    group["quantize"] = not group["quantize"]
+    grads(params, 2)
+    before = snapshot(opt, params)
+    with pytest.raises(ValueError, match=r"Invalid quantize: .* group %d" % flip_group):
+        opt.step()
+    assert_unchanged(before, opt, params)
+    group["quantize"] = not group["quantize"]
+    opt.step()
+    assert all(torch.isfinite(p.detach()).all() for p in params)

@@ -217,6 +217,8 @@ class WrappedOptimizer(Optimizer):
         self._base_cls = base
         self._base_kwargs = dict(base_kwargs)
         self._workspace: Dict[Tuple[torch.dtype, torch.device], Tensor] = {}
+        #: each group's ``quantize`` when it was added (it decides what the base optimizer holds)
+        self._built_quantize: List[bool] = []
         self._building = True
         super().__init__(params, own)
         self._building = False
@@ -246,12 +248,16 @@ class WrappedOptimizer(Optimizer):
     def _check_step_values(self) -> None:
         """Validate, before a step changes anything, the group values that users and schedulers change between steps.
 
-        Here ``lr`` (a tensor ``lr`` by type and size only) and ``nonfinite``
-        of every group; subclasses add their own (the annealed ``mu``/``beta``).
+        Here ``lr`` (a tensor ``lr`` by type and size only), ``nonfinite``, and
+        ``quantize`` (fixed when the group was added) of every group;
+        subclasses add their own (the annealed ``mu``/``beta``).
         A bad value raises ``ValueError``/``TypeError`` with nothing changed,
         instead of a partial update or NaN weights.
         """
-        for g in self.param_groups:
+        for gi, (g, q) in enumerate(zip(self.param_groups, self._built_quantize)):
+            if g["quantize"] != q:
+                raise ValueError(f"Invalid quantize: {g['quantize']!r} in group {gi}, which was added with "
+                                 f"quantize={q} (it cannot change afterwards: add a new param group instead)")
             _check_nonfinite(g["nonfinite"])
             if "lr" in g:
                 check_lr(g["lr"], read_tensor=False)
@@ -284,7 +290,9 @@ class WrappedOptimizer(Optimizer):
             group.setdefault(key, self.defaults[key])
         self._normalize_group(group)
         super().add_param_group(group)
-        if not self._building:
+        if self._building:
+            self._built_quantize.append(group["quantize"])
+        else:
             g = self.param_groups[-1]
             try:
                 for key, val in self.base_optimizer.defaults.items():
@@ -298,6 +306,7 @@ class WrappedOptimizer(Optimizer):
                 if len(self.base_optimizer.param_groups) > len(self.param_groups):
                     self.base_optimizer.param_groups.pop()
                 raise
+            self._built_quantize.append(g["quantize"])
             self._group_added(g)
 
     def _init_group(self, group: Dict[str, Any]) -> None:
@@ -436,6 +445,7 @@ class WrappedOptimizer(Optimizer):
         self.__dict__.update(state)
         self.__dict__.setdefault("_transform_cache", {})
         self.__dict__.setdefault("_workspace", {})
+        self.__dict__.setdefault("_built_quantize", [g["quantize"] for g in self.param_groups])
         super().__setstate__({"defaults": self.defaults, "state": self.state, "param_groups": self.param_groups})
 
     def _identity(self) -> Dict[str, Any]:
@@ -602,6 +612,10 @@ class LatentOptimizer(WrappedOptimizer):
         own = dict(own)
         own["scale"] = base_kwargs.pop("scale", None)
         super().__init__(params, base, own, base_kwargs)
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_hard", {})  # pickled before the hard-level marks existed
 
     # ----------------------------------------------------------------- groups
     def _transform_key(self, group: Dict[str, Any]) -> Tuple[Any, ...]:  # pragma: no cover - abstract
