@@ -590,3 +590,18 @@ def test_quantize_cannot_change_after_the_group_was_added(name, flip_group):
     group["quantize"] = not group["quantize"]
     opt.step()
     assert all(torch.isfinite(p.detach()).all() for p in params)
+
+
+@pytest.mark.parametrize("name", ["bnn++", "md-tanh-s", "md-softmax"])
+def test_add_param_group_keeps_the_other_groups_weights(name):
+    """Adding a group projects the new group only: the finalized levels of the others stay bit for bit."""
+    params = make_params(2, 4)
+    opt = proxopt.optimizer(name, [params[0]], lr=0.05)
+    grads(params[:1], 1)
+    opt.step()
+    opt.finalize()
+    hard = params[0].detach().clone()
+    opt.add_param_group({"params": [params[1]]})
+    assert torch.equal(params[0].detach(), hard)
+    tr = opt._transform(opt.param_groups[1])
+    torch.testing.assert_close(params[1].detach(), tr.forward(opt.state[params[1]]["latent"], 1.0))

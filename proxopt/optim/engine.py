@@ -731,7 +731,9 @@ class LatentOptimizer(WrappedOptimizer):
         self._project_all()
 
     def _group_added(self, group: Dict[str, Any]) -> None:
-        self._project_all()
+        gi = len(self.param_groups) - 1  # only the new group: the others keep what they hold (finalize()'s levels)
+        if group["quantize"]:
+            self._project(gi, group)
 
     # ------------------------------------------------------------- projection
     def latents(self, group: Dict[str, Any]) -> List[Tensor]:
