@@ -40,6 +40,8 @@ from torch.optim import Optimizer
 import proxopt
 from proxopt.optim.engine import fused_default
 
+from exact import assert_same  # noqa: F401  (re-exported: the tests import it from here)
+
 BINARY: Tuple[float, ...] = (-1.0, 1.0)
 TERNARY: Tuple[float, ...] = (-1.0, 0.0, 1.0)
 
@@ -528,23 +530,3 @@ def config_ids(configs: Sequence[OptimConfig]) -> List[str]:
     return [c.name for c in configs]
 
 
-def assert_same(a: Any, b: Any, where: str = "") -> None:
-    """Recursive exact equality of tensors (NaN equals NaN), dicts, lists and scalars, naming the first difference."""
-    if isinstance(a, Tensor):
-        assert isinstance(b, Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        if a.is_floating_point():
-            torch.testing.assert_close(a, b, rtol=0.0, atol=0.0, equal_nan=True, msg=lambda m: f"{where}: {m}")
-        else:
-            assert torch.equal(a, b), f"{where}: tensors differ"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys differ"
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{where}: lengths differ"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), where
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"

@@ -35,51 +35,22 @@ import proxopt
 from proxopt.optim.bop import Bop
 from proxopt.optim.engine import LatentOptimizer
 
+from exact import assert_same
+
 
 # ------------------------------------------------------------------ helpers
-class FlakyAdam(torch.optim.Adam):
-    """Adam whose ``step`` raises while ``self.fail`` is set (a base optimizer failing mid-step)."""
+def flaky(base: type) -> type:
+    """``base`` whose ``step`` raises while ``fail`` is set (a base optimizer failing mid-step)."""
 
-    fail = False
-
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure=None):  # type: ignore[no-untyped-def]
         if self.fail:
             raise RuntimeError("base optimizer failed")
-        return super().step(closure)
+        return base.step(self, closure)
+
+    return type(f"Flaky{base.__name__}", (base,), {"fail": False, "step": step})
 
 
-class FlakySGD(torch.optim.SGD):
-    """SGD whose ``step`` raises while ``self.fail`` is set."""
-
-    fail = False
-
-    def step(self, closure=None):  # type: ignore[override]
-        if self.fail:
-            raise RuntimeError("base optimizer failed")
-        return super().step(closure)
-
-
-def assert_same(a: Any, b: Any, where: str = "") -> None:
-    """Recursive exact equality: tensors bitwise (same dtype and shape, NaN equals NaN), dicts, lists, scalars."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, f"{where}: tensors differ"
-        if a.is_floating_point():
-            assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)), \
-                f"{where}: {a.tolist()} != {b.tolist()}"
-        else:
-            assert torch.equal(a, b), f"{where}: {a.tolist()} != {b.tolist()}"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {sorted(map(str, a))} != {sorted(map(str, b))}"
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{where}: lengths differ"
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), f"{where}: nan != {b!r}"
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
+FlakyAdam, FlakySGD = flaky(torch.optim.Adam), flaky(torch.optim.SGD)
 
 
 def _clone(v: Any) -> Any:
