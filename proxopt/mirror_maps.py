@@ -326,8 +326,8 @@ class ShiftedTanh(MirrorMap):
               \\operatorname{asinh}\\Big(\\frac{wC}{\\sqrt{1 - w^2}}\\Big)\\Big]
 
     (``log(wC + sqrt(w^2 C^2 + 1 - w^2)) - log(1 - w)`` rewritten), odd in
-    ``w`` and finite for every ``beta``: beyond ``beta`` of about 700, where
-    ``C`` overflows, the asinh argument is formed in logs and, above 1e8,
+    ``w`` and finite for every ``beta``: beyond ``beta`` of about 650, near
+    where ``C`` overflows, the asinh argument is formed in logs and, above 1e8,
     the asinh is ``log 2 + log|w| + log C - log(1 - w^2)/2``. The potential uses
     ``Phi(w) = w theta - int_0^theta P`` with
     ``int_0^theta P = [log cosh(beta(theta+1/2)) + log cosh(beta(theta-1/2))
@@ -359,7 +359,7 @@ class ShiftedTanh(MirrorMap):
         wd = w.clamp(-m, m).double()
         log_c = beta + math.log1p(math.exp(-2.0 * beta)) - math.log(2.0)  # log cosh(beta), no overflow
         root = torch.sqrt(1.0 - wd * wd)
-        if log_c < 700.0:  # cosh(beta) and w C / sqrt(1 - w^2) are finite (|w| < 1 - eps/2)
+        if log_c < 650.0:  # C / sqrt(1 - w^2) is finite: |w| < 1 - eps/2 keeps 1/sqrt(1 - w^2) below 1e8 (float64)
             far = torch.asinh(wd * (math.exp(log_c) / root))
         else:  # in logs: lz = log|z|; asinh(|z|) = log 2 + lz to float64 precision once |z| > 1e8
             a = wd.abs()

@@ -139,7 +139,8 @@ class AnnealScheduler:
         Raises ``ValueError``, with the scheduler and the groups unchanged, if
         a value would leave the positive floats (``factor ** k`` overflowing
         without ``max_value``, or decaying to 0) or the optimizer refuses it
-        (``refresh()`` raising; e.g. beyond float32 for float32 latents).
+        (``refresh()`` raising; e.g. beyond float32 for float32 latents; the
+        model is then re-projected at the old values).
         """
         groups = self.optimizer.param_groups
         if len(groups) != len(self.base_values):
@@ -165,6 +166,10 @@ class AnnealScheduler:
                 for g, v in zip(groups, before[2]):
                     if g.get("quantize", True):
                         g[self.key] = v
+                try:  # a failure while projecting (out of memory) may have left some groups at the new values
+                    refresh()
+                except Exception:  # the first error is the one to report
+                    pass
                 raise
 
     def state_dict(self) -> Dict[str, Any]:

@@ -379,9 +379,10 @@ def test_shifted_tanh_levels_and_oddness():
 
 
 @FAST
-@given(st.lists(st.floats(-0.999, 0.999), min_size=1, max_size=8),
-       st.one_of(st.sampled_from([1e-3, 360.0, 700.0, 710.0, 1e4, 1e6]), st.floats(1e-3, 1e5)))
+@given(st.lists(st.floats(-1.0, 1.0), min_size=1, max_size=8),
+       st.one_of(st.sampled_from([1e-3, 360.0, 649.0, 651.0, 695.0, 700.5, 710.0, 1e4, 1e6]), st.floats(1e-3, 1e5)))
 @example([0.0, 1e-300, 0.3, -0.9], 1e4)
+@example([1.0, -1.0, 0.999999], 695.0)
 def test_shifted_tanh_to_dual_at_any_beta(ws, beta):
     """``P^{-1}`` is finite and odd at every ``beta`` (the anneal reaches 1e4; ``cosh(beta)`` overflows past 710),
     ``P(P^{-1}(w)) = w``, and the potential and Bregman divergence stay finite and non-negative."""

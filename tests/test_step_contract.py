@@ -5,7 +5,10 @@ Pinned here, one focused test per regression:
 * a ``step()`` (or ``add_param_group``, ``refresh()``, scheduler step) that
   raises leaves the parameters, the latents (``opt.state[p]["latent"]``), the
   param groups and the optimizer and base-optimizer state as they were, bit
-  for bit (``torch.equal``), and the optimizer keeps working afterwards;
+  for bit (``torch.equal``), and the optimizer keeps working afterwards; the
+  one exception is the primal mirror-descent form's re-encoding at a new
+  ``beta`` (the same ``w``), which a failed step keeps, with the model
+  projected from it;
 * bad input raises a clear ``ValueError`` / ``TypeError`` naming the argument
   and the value, before anything changes;
 * reading state (``state_dict()``) never modifies the live state, and a state
@@ -171,7 +174,11 @@ def test_finalize_state_dict_refresh_keeps_hard_weights(name):
 
 # --------------------- 3. primal forms: failed step after a beta change
 @pytest.mark.parametrize("name", ["md-tanh", "md-softmax"])
-def test_primal_failed_step_after_beta_change_is_undone_bitwise(name):
+def test_primal_failed_step_after_beta_change_keeps_a_consistent_reencoding(name):
+    """The step re-encodes the latents at the new beta (the same w) before its base step; when the base step
+    then fails, the re-encoding is kept and the model is projected from it: ``p = P_beta(theta)`` exactly,
+    ``w`` changed by rounding only, the base state untouched, and a state dict saved now reproduces the model.
+    The next step equals that of an optimizer that never saw the failure, bit for bit."""
     def build():
         params = make_params(2, 6)
         return params, proxopt.optimizer(name, params, lr=0.05, base=FlakyAdam)
@@ -193,13 +200,21 @@ def test_primal_failed_step_after_beta_change_is_undone_bitwise(name):
         opt.step()
     opt.base_optimizer.fail = False
 
-    assert opt.param_groups[0]["beta_encoded"] == encoded
+    group = opt.param_groups[0]
+    assert group["beta_encoded"] == 3.0
+    tr = opt._transform(group)
+    assert_same(opt.base_optimizer.state_dict(), before["base"], "base state")
     for p, saved, st in zip(params, before["params"], before["state"]):
-        assert torch.equal(p.detach(), saved)
-        assert torch.equal(opt.state[p]["latent"], st["latent"])
-    assert_unchanged(before, opt, params)
+        theta = opt.state[p]["latent"]
+        assert torch.equal(theta, st["latent"].clone().mul_(encoded / 3.0))  # the re-encoding, nothing else
+        torch.testing.assert_close(p.detach(), saved, rtol=0.0, atol=1e-6)
+        out = torch.empty_like(p.detach())
+        assert torch.equal(p.detach(), tr.project_into(theta, 3.0, out, opt._scratch(theta) if tr.needs_scratch else None))
+    fresh_params, fresh = build()
+    fresh.load_state_dict(roundtrip(opt.state_dict()))
+    for p, q in zip(params, fresh_params):
+        assert torch.equal(p.detach(), q.detach())
 
-    # the next step matches an optimizer that never saw the failure, bit for bit
     for o, ps in ((opt, params), (twin, twin_params)):
         grads(ps, 3)
         o.step()

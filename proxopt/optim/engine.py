@@ -804,29 +804,27 @@ class LatentOptimizer(WrappedOptimizer):
         self._project(gi, group)
 
     @torch.no_grad()
-    def _reencode_pending(self, tr: Transform, group: Dict[str, Any]) -> Optional[Tuple[float, List[Tensor]]]:
+    def _reencode_pending(self, tr: Transform, group: Dict[str, Any]) -> bool:
         """Primal form, before a step: ``theta <- P_v^{-1}(P_e(theta))`` when ``v`` changed since the encoding ``e``.
 
         A multiply by ``e / v`` for the tanh and softmax maps (whose latents
         are re-encoded at ``e`` after every step), every latent of the group,
         so the base step runs on the dual of the kept ``w`` at the current
         ``v`` (THEORY.md §5: raising ``beta`` enlarges the effective step).
-        Returns None if nothing changed, else ``e`` and copies of the latents
-        as they were, so that a step that fails afterwards can put them back
-        bit for bit (one copy per change of ``v``; dividing by ``e / v``
-        would restore them only up to rounding).
+        Returns whether it re-encoded. The re-encoding is kept even if the
+        step fails afterwards (:meth:`_undo_step`): it encodes the same ``w``,
+        and keeping a copy to undo it would cost a pass and the latents'
+        memory on every change of ``v``.
         """
         key = self._encoded_key
         old, v = group.get(key), group[self.anneal_key]  # type: ignore[index]
         if not tr.primal or old is None or old == v:
-            return None
-        saved = []
+            return False
         for p in group["params"]:
             theta = self.state[p]["latent"]
-            saved.append(theta.clone())
             tr.rescale_(theta, old, v, self._scratch(theta) if tr.needs_scratch else None)
         group[key] = v
-        return old, saved
+        return True
 
     @torch.no_grad()
     def _relink(self) -> bool:
@@ -909,15 +907,14 @@ class LatentOptimizer(WrappedOptimizer):
         self._relink()
         self._sync()
         stepped: List[Tuple[int, Dict[str, Any], List[bool]]] = []
-        reencoded: Dict[int, Tuple[float, List[Tensor]]] = {}  # group -> its encoding and latents before the step
+        reencoded: List[int] = []  # the primal groups whose latents were re-encoded at a new beta
         clobbered: List[Tuple[int, int]] = []  # (group, parameter) whose storage served as a gradient buffer
         try:
             for gi, group in self._quantized_groups():
                 tr = self._transform(group)
                 self._refresh(gi, group, tr)
-                undo = self._reencode_pending(tr, group)
-                if undo is not None:
-                    reencoded[gi] = undo
+                if self._reencode_pending(tr, group):
+                    reencoded.append(gi)
                 v = group[self.anneal_key]
                 has = []
                 for pi, (p, bt) in enumerate(zip(group["params"], self.base_optimizer.param_groups[gi]["params"])):
@@ -961,25 +958,30 @@ class LatentOptimizer(WrappedOptimizer):
         return loss
 
     @torch.no_grad()
-    def _undo_step(self, reencoded: Dict[int, Tuple[float, List[Tensor]]], clobbered: List[Tuple[int, int]]) -> None:
-        """A step failed before its base step finished: put back what it changed, bit for bit.
+    def _undo_step(self, reencoded: List[int], clobbered: List[Tuple[int, int]]) -> None:
+        """A step failed: restore ``p = F(theta)`` where the step wrote into the parameters.
 
-        ``reencoded``: the primal form's re-encoded groups, with their old
-        encoding and latents (:meth:`_reencode_pending`); ``clobbered``: the
-        parameters whose storage held their latent gradient, rewritten as
-        what they held: ``F(theta)``, or the hard levels after :meth:`finalize`.
+        ``clobbered``: the parameters whose storage held their latent
+        gradient, rewritten as what they held, ``F(theta)`` or the hard levels
+        after :meth:`finalize`, bit for bit when the base step did not get to
+        change their latents. ``reencoded``: the primal form's groups whose
+        latents were re-encoded at the new ``v`` (:meth:`_reencode_pending`);
+        the re-encoding is kept (the same ``w``, encoded at ``v``), and their
+        parameters are projected from it, which changes the model by rounding
+        only, so that ``p = P_v(theta)`` holds exactly (a state dict saved now
+        reproduces the model).
         """
-        for gi, (old, saved) in reencoded.items():
-            group = self.param_groups[gi]
-            for p, copy in zip(group["params"], saved):
-                self.state[p]["latent"].copy_(copy)
-            group[self._encoded_key] = old
-        for gi, pi in clobbered:
+        todo = dict.fromkeys(clobbered)
+        for gi in reencoded:
+            todo.update(dict.fromkeys((gi, pi) for pi in range(len(self.param_groups[gi]["params"]))))
+        for gi, pi in todo:
             group = self.param_groups[gi]
             tr = self._transform(group)
             p = group["params"][pi]
             hard = pi in self._hard.get(gi, ())
             self._write(tr, group, p, self.state[p]["latent"], None if hard else self._value(tr, group))
+        for gi in reencoded:
+            self._projected[gi] = self._value(self._transform(self.param_groups[gi]), self.param_groups[gi])
 
     # ------------------------------------------------------------ diagnostics
     def _hard_codes(self, stepped: List[Tuple[int, Dict[str, Any], List[bool]]]) -> List[List[Tensor]]:
