@@ -87,7 +87,8 @@ def pack_bits(codes: Tensor, bits: int) -> Tensor:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 0 <= bits <= 8:
         raise ValueError(f"Invalid bits: {bits!r} (expected an int in 0..8)")
     if not isinstance(codes, Tensor) or codes.is_floating_point() or codes.is_complex():
-        raise TypeError(f"Invalid codes: expected an integer or bool tensor, got {getattr(codes, 'dtype', type(codes))}")
+        got = getattr(codes, "dtype", type(codes))
+        raise TypeError(f"Invalid codes: expected an integer or bool tensor, got {got}")
     flat = codes.reshape(-1)
     n = flat.numel()
     nbytes = (n + 7) // 8

@@ -123,8 +123,9 @@ class AnnealScheduler:
 
     def _values(self, k: int, cum_lr: List[float]) -> List[float]:
         values = [self._value(i, k, c) for i, c in enumerate(cum_lr)]
-        for v, v0 in zip(values, self.base_values):
-            if not math.isfinite(v) or v < 0.0 or (v == 0.0 and v0 > 0.0):
+        quantized = [g.get("quantize", True) for g in self.optimizer.param_groups]
+        for v, v0, q in zip(values, self.base_values, quantized):
+            if q and (not math.isfinite(v) or v < 0.0 or (v == 0.0 and v0 > 0.0)):  # others are not assigned
                 raise ValueError(f"Invalid {self.key} after {k} scheduler steps: {v!r} (the schedule left the "
                                  "positive floats; set max_value, or a factor closer to 1)")
         return values

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Any, Optional, Tuple
 
 import torch
@@ -58,6 +59,7 @@ def check_pair(forward: Any, backward: Any, mu: float = 1.0, low: float = -4.0, 
     Raises:
         ValueError: for ``num < 2``, a non-finite or non-positive ``mu``, or
             a grid without ``low < high``.
+        TypeError: for a non-integer ``num`` or non-real ``mu``/``low``/``high``.
 
     Example:
         >>> check_pair("sign", "clip").ok
@@ -69,16 +71,21 @@ def check_pair(forward: Any, backward: Any, mu: float = 1.0, low: float = -4.0, 
         [PC++] Lu et al., NeurIPS 2023; THEORY.md §2.
     """
     F, B = qz.get(forward), qz.get(backward)
-    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
+    if isinstance(num, bool) or not isinstance(num, Integral):
+        raise TypeError(f"Invalid num: {num!r} (expected an int >= 2)")
+    if num < 2:
         raise ValueError(f"Invalid num: {num!r} (expected an int >= 2)")
     for name, v in (("mu", mu), ("low", low), ("high", high)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, Real):
+            raise TypeError(f"Invalid {name}: {v!r} (expected a finite float)")
+        if not math.isfinite(v):
             raise ValueError(f"Invalid {name}: {v!r} (expected a finite float)")
     if not mu > 0:
         raise ValueError(f"Invalid mu: {mu!r} (expected a positive float)")
     if not low < high:
         raise ValueError(f"Invalid low, high: {low!r}, {high!r} (expected low < high)")
-    theta = torch.cat([torch.linspace(low, high, num, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+    grid = torch.linspace(float(low), float(high), int(num), dtype=torch.float64)
+    theta = torch.cat([grid, torch.zeros(1, dtype=torch.float64)])
     theta = torch.unique(theta)
     b = B.value(theta, mu)
     f = F.value(theta, mu)

@@ -209,7 +209,8 @@ def test_primal_failed_step_after_beta_change_keeps_a_consistent_reencoding(name
         assert torch.equal(theta, st["latent"].clone().mul_(encoded / 3.0))  # the re-encoding, nothing else
         torch.testing.assert_close(p.detach(), saved, rtol=0.0, atol=1e-6)
         out = torch.empty_like(p.detach())
-        assert torch.equal(p.detach(), tr.project_into(theta, 3.0, out, opt._scratch(theta) if tr.needs_scratch else None))
+        scratch = opt._scratch(theta) if tr.needs_scratch else None
+        assert torch.equal(p.detach(), tr.project_into(theta, 3.0, out, scratch))
     fresh_params, fresh = build()
     fresh.load_state_dict(roundtrip(opt.state_dict()))
     for p, q in zip(params, fresh_params):

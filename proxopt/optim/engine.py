@@ -75,7 +75,8 @@ def check_value(name: str, value: Any, *, positive: bool = True) -> float:
             raise TypeError(f"Invalid {name}: {value!r} (expected a positive float)")
     value = float(value)
     if not math.isfinite(value) or value < 0.0 or (positive and value == 0.0):
-        raise ValueError(f"Invalid {name}: {value} (expected a finite {'positive' if positive else 'non-negative'} float)")
+        kind = "positive" if positive else "non-negative"
+        raise ValueError(f"Invalid {name}: {value} (expected a finite {kind} float)")
     return value
 
 
