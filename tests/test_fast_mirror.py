@@ -314,9 +314,9 @@ def test_invalid_beta_encoded_in_a_state_dict_raises_and_changes_nothing(bad):
 
 @pytest.mark.parametrize("name", ["md-tanh", "md-softmax"])
 def test_failed_step_after_a_beta_change_leaves_the_model_consistent(name):
-    """A base step that raises after the latents were re-encoded at the new beta: the re-encoding is kept
-    (the same w, encoded at the new beta) and the model is projected from it, so ``p = P_{beta_encoded}(theta)``
-    holds and a resume reproduces it; the base state is untouched."""
+    """A base step that raises after the latents were re-encoded at the new beta: the re-encoding is
+    multiplied back (``beta_encoded`` as it was, the latents up to rounding) and the model projected from it,
+    so ``p = P_{beta_encoded}(theta)`` holds and a resume reproduces it; the base state is untouched."""
 
     class Broken(torch.optim.Adam):
         def step(self, closure=None):
@@ -325,14 +325,17 @@ def test_failed_step_after_a_beta_change_leaves_the_model_consistent(name):
     x, y, w, opt = _primal_setup(name)
     opt.param_groups[0]["beta"] = 3.0
     base_before = copy.deepcopy(opt.base_optimizer.state_dict())
+    latent_before, w_before = opt.state[w]["latent"].clone(), w.detach().clone()
     opt.base_optimizer.__class__ = Broken
     ((x @ w - y) ** 2).mean().backward()
     with pytest.raises(RuntimeError, match="boom"):
         opt.step()
     group = opt.param_groups[0]
-    assert group["beta_encoded"] == 3.0
+    assert group["beta_encoded"] == 1.0 and group["beta"] == 3.0
+    torch.testing.assert_close(opt.state[w]["latent"], latent_before, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(w.detach(), w_before, rtol=0.0, atol=1e-6)
     tr = opt._transform(group)
-    torch.testing.assert_close(w.detach(), tr.forward(opt.state[w]["latent"], 3.0), rtol=0.0, atol=1e-6)
+    torch.testing.assert_close(w.detach(), tr.forward(opt.state[w]["latent"], 1.0), rtol=0.0, atol=1e-6)
     base_after = opt.base_optimizer.state_dict()
     for k, st in base_after["state"].items():
         assert all(torch.equal(v, base_before["state"][k][n]) for n, v in st.items())

@@ -225,6 +225,7 @@ class Bop(WrappedOptimizer):
             >>> opt.stats()[0]["flip_ratio"]
             0.5
         """
+        self._check_quantize()
         out = []
         for gi, group in enumerate(self.param_groups):
             n = sum(p.numel() for p in group["params"])
@@ -246,6 +247,7 @@ class Bop(WrappedOptimizer):
     # ------------------------------------------------------------ hard / final
     @torch.no_grad()
     def _write_hard(self) -> None:
+        self._check_quantize()
         for _, group in self._quantized_groups():
             for p in group["params"]:
                 p.copy_(nearest(p, BINARY))

@@ -58,9 +58,13 @@ def scale_of(theta: Tensor, mode: str) -> Tensor:
         return alpha.view((-1,) + (1,) * (theta.dim() - 1))
     return torch.linalg.vector_norm(theta, 1) / theta.numel()
 
-#: the largest mu/beta for float32 latents: 2**120, headroom below float32's largest value (2**128) for the
-#: kernels' scaled copies of it (2 beta, 4 mu, ...)
-_F32_MAX = 2.0 ** 120
+def _max_strength(dtype: torch.dtype) -> float:
+    """The largest ``mu``/``beta`` for latents of ``dtype``: 2**-8 times its overflow threshold (``2**128`` for
+    float32), headroom for the kernels' scaled copies of it (``2 beta``, ``4 mu``, ...); ``2**120`` for float32."""
+    return 2.0 ** (math.floor(math.log2(torch.finfo(dtype).max)) + 1 - 8)
+
+
+_F32_MAX = _max_strength(torch.float32)
 
 #: Group keys that belong to proxopt, never passed to the base optimizer.
 COMMON_KEYS = ("quantize",)
@@ -255,13 +259,20 @@ class WrappedOptimizer(Optimizer):
         A bad value raises ``ValueError``/``TypeError`` with nothing changed,
         instead of a partial update or NaN weights.
         """
+        self._check_quantize()
+        for g in self.param_groups:
+            _check_nonfinite(g["nonfinite"])
+            if "lr" in g:
+                check_lr(g["lr"], read_tensor=False)
+
+    def _check_quantize(self) -> None:
+        """``ValueError`` if a group's ``quantize`` changed since the group was added (what the base optimizer
+        holds for it, latents or the weights, depends on it); every method that walks the quantized groups
+        checks it before changing anything."""
         for gi, (g, q) in enumerate(zip(self.param_groups, self._built_quantize)):
             if g["quantize"] != q:
                 raise ValueError(f"Invalid quantize: {g['quantize']!r} in group {gi}, which was added with "
                                  f"quantize={q} (it cannot change afterwards: add a new param group instead)")
-            _check_nonfinite(g["nonfinite"])
-            if "lr" in g:
-                check_lr(g["lr"], read_tensor=False)
 
     def _base_params(self, group: Dict[str, Any]) -> List[Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -454,6 +465,7 @@ class WrappedOptimizer(Optimizer):
 
     def state_dict(self) -> Dict[str, Any]:
         """Outer state (latents, per-parameter extras), groups, the base state and identity."""
+        self._check_quantize()
         sd = super().state_dict()
         # torch's state dict holds the live per-parameter dicts: copy them before adding to them
         sd["state"] = {k: dict(v) for k, v in sd["state"].items()}
@@ -585,6 +597,7 @@ class WrappedOptimizer(Optimizer):
             ...     bool(lin.weight.abs().eq(1).all())
             True
         """
+        self._check_quantize()
         saved = [(p, p.detach().clone()) for _, g in self._quantized_groups() for p in g["params"]]
         try:
             self._write_hard()
@@ -617,6 +630,7 @@ class LatentOptimizer(WrappedOptimizer):
     def __setstate__(self, state: Dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_hard", {})  # pickled before the hard-level marks existed
+        self.__dict__.setdefault("_flips", None)
 
     # ----------------------------------------------------------------- groups
     def _transform_key(self, group: Dict[str, Any]) -> Tuple[Any, ...]:  # pragma: no cover - abstract
@@ -645,17 +659,19 @@ class LatentOptimizer(WrappedOptimizer):
         """:meth:`WrappedOptimizer._check_step_values`, and each quantized group's ``mu``/``beta``.
 
         A one-element tensor value is replaced by its float (the quantizer kernels take Python floats).
-        A value beyond ``2**120`` (float32's largest is about ``2**128``) is
-        refused for groups with float32 latents, whose kernels multiply by it
-        (and by small multiples of it) in float32.
+        A value beyond the latents' dtype's largest value / 2**8 (``2**120``
+        for float32) is refused: the kernels multiply by it, and by small
+        multiples of it, in that dtype.
         """
         super()._check_step_values()
         k = self.anneal_key
         for _, g in self._quantized_groups():
             v = g[k] = check_value(k, g[k])  # type: ignore[index]
-            if v > _F32_MAX and any(self.state[p]["latent"].dtype == torch.float32 for p in g["params"]):
-                raise ValueError(f"Invalid {k}: {v} (beyond {_F32_MAX:g}, the largest value float32 latents "
-                                 "take; cap the schedule with max_value)")
+            if v > _F32_MAX:  # rare: then the limit of each latent's dtype
+                limit = min((_max_strength(self.state[p]["latent"].dtype) for p in g["params"]), default=math.inf)
+                if v > limit:
+                    raise ValueError(f"Invalid {k}: {v} (beyond {limit:g}, the largest value the group's "
+                                     "latents take; cap the schedule with max_value)")
 
     def _check_scalable(self, group: Dict[str, Any]) -> None:
         if group["scale"] is not None and group["quantize"] and not self._transform(group).scalable:
@@ -805,27 +821,28 @@ class LatentOptimizer(WrappedOptimizer):
         self._project(gi, group)
 
     @torch.no_grad()
-    def _reencode_pending(self, tr: Transform, group: Dict[str, Any]) -> bool:
+    def _reencode_pending(self, tr: Transform, group: Dict[str, Any]) -> Optional[float]:
         """Primal form, before a step: ``theta <- P_v^{-1}(P_e(theta))`` when ``v`` changed since the encoding ``e``.
 
         A multiply by ``e / v`` for the tanh and softmax maps (whose latents
         are re-encoded at ``e`` after every step), every latent of the group,
         so the base step runs on the dual of the kept ``w`` at the current
         ``v`` (THEORY.md §5: raising ``beta`` enlarges the effective step).
-        Returns whether it re-encoded. The re-encoding is kept even if the
-        step fails afterwards (:meth:`_undo_step`): it encodes the same ``w``,
-        and keeping a copy to undo it would cost a pass and the latents'
-        memory on every change of ``v``.
+        Returns ``e`` if it re-encoded, else None. A step that fails
+        multiplies back (:meth:`_undo_step`): the latents then equal what they
+        were up to rounding; keeping a copy to restore them bit for bit would
+        cost a pass and the latents' memory on every change of ``v``. A
+        multiply cannot fail part-way, short of an interrupt.
         """
         key = self._encoded_key
         old, v = group.get(key), group[self.anneal_key]  # type: ignore[index]
         if not tr.primal or old is None or old == v:
-            return False
+            return None
         for p in group["params"]:
             theta = self.state[p]["latent"]
             tr.rescale_(theta, old, v, self._scratch(theta) if tr.needs_scratch else None)
         group[key] = v
-        return True
+        return old
 
     @torch.no_grad()
     def _relink(self) -> bool:
@@ -908,14 +925,16 @@ class LatentOptimizer(WrappedOptimizer):
         self._relink()
         self._sync()
         stepped: List[Tuple[int, Dict[str, Any], List[bool]]] = []
-        reencoded: List[int] = []  # the primal groups whose latents were re-encoded at a new beta
+        reencoded: Dict[int, float] = {}  # primal groups re-encoded at a new beta -> their old encoding
         clobbered: List[Tuple[int, int]] = []  # (group, parameter) whose storage served as a gradient buffer
+        based = False  # whether the base step began (it may have moved latents before failing)
         try:
             for gi, group in self._quantized_groups():
                 tr = self._transform(group)
                 self._refresh(gi, group, tr)
-                if self._reencode_pending(tr, group):
-                    reencoded.append(gi)
+                old = self._reencode_pending(tr, group)
+                if old is not None:
+                    reencoded[gi] = old
                 v = group[self.anneal_key]
                 has = []
                 for pi, (p, bt) in enumerate(zip(group["params"], self.base_optimizer.param_groups[gi]["params"])):
@@ -942,9 +961,10 @@ class LatentOptimizer(WrappedOptimizer):
                     has.append(True)
                 stepped.append((gi, group, has))
             before = self._hard_codes(stepped) if self._flips is not None else None
+            based = True
             self._base_step()
         except BaseException:
-            self._undo_step(reencoded, clobbered)
+            self._undo_step(reencoded, clobbered, stepped if based else None)
             raise
         finally:
             for gi, _ in self._quantized_groups():
@@ -959,30 +979,50 @@ class LatentOptimizer(WrappedOptimizer):
         return loss
 
     @torch.no_grad()
-    def _undo_step(self, reencoded: List[int], clobbered: List[Tuple[int, int]]) -> None:
-        """A step failed: restore ``p = F(theta)`` where the step wrote into the parameters.
+    def _undo_step(self, reencoded: Dict[int, float], clobbered: List[Tuple[int, int]],
+                   stepped: Optional[List[Tuple[int, Dict[str, Any], List[bool]]]]) -> None:
+        """A step failed: leave ``p = F(theta)`` (or :meth:`finalize`'s levels) with the model changed as little
+        as the failure allows.
 
-        ``clobbered``: the parameters whose storage held their latent
-        gradient, rewritten as what they held, ``F(theta)`` or the hard levels
-        after :meth:`finalize`, bit for bit when the base step did not get to
-        change their latents. ``reencoded``: the primal form's groups whose
-        latents were re-encoded at the new ``v`` (:meth:`_reencode_pending`);
-        the re-encoding is kept (the same ``w``, encoded at ``v``), and their
-        parameters are projected from it, which changes the model by rounding
-        only, so that ``p = P_v(theta)`` holds exactly (a state dict saved now
-        reproduces the model).
+        * The primal form's re-encoding (``reencoded``: group -> old encoding
+          ``e``) is multiplied back, with ``beta_encoded = e``: the latents
+          equal what they were up to rounding (the base step's partial update,
+          if any, stays, at encoding ``e``).
+        * Before the base step (``stepped`` None) no other latent moved: the
+          parameters that served as gradient buffers (``clobbered``) are
+          rewritten as they were, bit for bit.
+        * Once it began (``stepped``: what it was stepping), the base step may
+          have moved some latents before failing: those parameters' latents
+          are re-encoded (primal form) and written as a finished step writes
+          them.
+
+        The parameters rewritten get ``F(theta)``: where the latent did not
+        move, what they held, up to rounding after a re-encoding and bit for
+        bit otherwise. Parameters holding :meth:`finalize`'s levels keep them
+        bit for bit, unless the step wrote its gradient into their storage
+        (``hard(theta)`` is written back then).
         """
-        todo = dict.fromkeys(clobbered)
-        for gi in reencoded:
-            todo.update(dict.fromkeys((gi, pi) for pi in range(len(self.param_groups[gi]["params"]))))
+        todo: Dict[Tuple[int, int], None] = dict.fromkeys(clobbered)
+        for gi, old in reencoded.items():
+            group = self.param_groups[gi]
+            tr = self._transform(group)
+            hard = self._hard.get(gi, ())
+            for pi, p in enumerate(group["params"]):
+                theta = self.state[p]["latent"]
+                tr.rescale_(theta, group[self._encoded_key], old, self._scratch(theta) if tr.needs_scratch else None)
+                if pi not in hard:  # finalize()'s levels stay as they are (the latent moved by rounding only)
+                    todo[(gi, pi)] = None
+            group[self._encoded_key] = old
+        for gi, group, has in stepped or ():
+            self._encode(self._transform(group), group, has)
+            hard = self._hard.get(gi, ())
+            todo.update(dict.fromkeys((gi, pi) for pi, h in enumerate(has) if h and pi not in hard))
         for gi, pi in todo:
             group = self.param_groups[gi]
             tr = self._transform(group)
             p = group["params"][pi]
             hard = pi in self._hard.get(gi, ())
             self._write(tr, group, p, self.state[p]["latent"], None if hard else self._value(tr, group))
-        for gi in reencoded:
-            self._projected[gi] = self._value(self._transform(self.param_groups[gi]), self.param_groups[gi])
 
     # ------------------------------------------------------------ diagnostics
     def _hard_codes(self, stepped: List[Tuple[int, Dict[str, Any], List[bool]]]) -> List[List[Tensor]]:
@@ -1019,6 +1059,7 @@ class LatentOptimizer(WrappedOptimizer):
             >>> opt.stats()[0]["frozen"]
             0.5
         """
+        self._check_quantize()
         track = self._flips is not None
         if not track:
             self._flips = {}
@@ -1053,6 +1094,7 @@ class LatentOptimizer(WrappedOptimizer):
     # ------------------------------------------------------------ hard / final
     @torch.no_grad()
     def _write_hard(self) -> None:
+        self._check_quantize()
         for gi, group in self._quantized_groups():
             tr = self._transform(group)
             for p in group["params"]:
