@@ -615,3 +615,67 @@ def test_add_param_group_keeps_the_other_groups_weights(name):
     assert torch.equal(params[0].detach(), hard)
     tr = opt._transform(opt.param_groups[1])
     torch.testing.assert_close(params[1].detach(), tr.forward(opt.state[params[1]]["latent"], 1.0))
+
+
+def _failing_projection(opt: Any, at: int) -> Any:
+    """Make the group-0 transform's ``project_into`` raise (an out-of-memory error, say) on its ``at``-th call."""
+    tr = opt._transform(opt.param_groups[0])
+    op, calls = tr.project_into, {"n": 0}
+
+    def boom(theta, v, out, scratch):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise RuntimeError("projection failed")
+        return op(theta, v, out, scratch)
+
+    tr.project_into = boom
+    return tr
+
+
+def assert_model_is_projection(opt: Any, params: List[torch.Tensor]) -> None:
+    group = opt.param_groups[0]
+    tr = opt._transform(group)
+    for p in params:
+        expected = p.detach().clone()
+        opt._write(tr, group, expected, opt.state[p]["latent"], opt._value(tr, group))
+        assert torch.equal(p.detach(), expected)
+
+
+@pytest.mark.parametrize("name", ["bnn", "bnn++", "gd-tanh", "md-tanh-s", "md-tanh"])
+def test_failure_while_writing_the_model_back_leaves_p_equal_to_f_theta(name):
+    """The base step succeeded and the write-back of ``F(theta)`` fails on the 2nd parameter: no parameter
+    keeps the latent gradient that was computed in its storage, or its old weights; ``p = F(theta)``."""
+    params = make_params(3, 8)
+    opt = proxopt.optimizer(name, params, lr=0.05)
+    grads(params, 1)
+    opt.step()
+    grads(params, 2)
+    tr = _failing_projection(opt, 2)
+    with pytest.raises(RuntimeError, match="projection failed"):
+        opt.step()
+    del tr.project_into
+    assert_model_is_projection(opt, params)
+    fresh_params = make_params(3, 8, seed=5)
+    fresh = proxopt.optimizer(name, fresh_params, lr=0.05)
+    fresh.load_state_dict(roundtrip(opt.state_dict()))
+    assert all(torch.equal(p.detach(), q.detach()) for p, q in zip(params, fresh_params))
+
+
+@pytest.mark.parametrize("name", ["md-tanh-s", "bnn++", "pc"])
+def test_scheduler_step_failing_inside_a_group_leaves_p_equal_to_f_theta(name):
+    """``AnnealScheduler.step()``'s refresh fails after projecting one parameter of the group at the new value:
+    the scheduler rolls back, and the group is projected again at the old value (a half-projected group is
+    not taken for a projected one)."""
+    params = make_params(3, 8)
+    opt = proxopt.optimizer(name, params, lr=0.05)
+    sched = proxopt.AnnealScheduler(opt, factor=4.0)
+    grads(params, 1)
+    opt.step()
+    before = [p.detach().clone() for p in params]
+    tr = _failing_projection(opt, 2)
+    with pytest.raises(RuntimeError, match="projection failed"):
+        sched.step()
+    del tr.project_into
+    assert sched.last_step == 0 and opt.param_groups[0][opt.anneal_key] == 1.0
+    assert_model_is_projection(opt, params)
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))

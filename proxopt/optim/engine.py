@@ -790,6 +790,7 @@ class LatentOptimizer(WrappedOptimizer):
         tr = self._transform(group)
         v = self._value(tr, group)
         hard = self._hard.get(gi) if self._hard else None
+        self._projected.pop(gi, None)  # an interrupted projection is redone (_refresh, _undo_step)
         for i, p in enumerate(group["params"]):
             if only is not None and not only[i]:
                 continue
@@ -970,10 +971,14 @@ class LatentOptimizer(WrappedOptimizer):
             for gi, _ in self._quantized_groups():
                 for bt in self.base_optimizer.param_groups[gi]["params"]:
                     bt.grad = None
-        for gi, group, has in stepped:
-            self._encode(self._transform(group), group, has)
-            # after a re-encoding, parameters without a gradient too: p = P(theta) at the new encoding, bit for bit
-            self._project(gi, group, None if gi in reencoded else has)
+        try:
+            for gi, group, has in stepped:
+                self._encode(self._transform(group), group, has)
+                # after a re-encoding, parameters without a gradient too: p = P(theta) at the new encoding, bit for bit
+                self._project(gi, group, None if gi in reencoded else has)
+        except BaseException:
+            self._undo_step(reencoded, clobbered, stepped)
+            raise
         if before is not None:
             self._count_flips(stepped, before)
         return loss
@@ -995,6 +1000,12 @@ class LatentOptimizer(WrappedOptimizer):
           have moved some latents before failing: those parameters' latents
           are re-encoded (primal form) and written as a finished step writes
           them.
+
+        * Also when writing the model back after the base step fails
+          (``step()`` calls it then too), and when a projection was
+          interrupted inside a group (the group is missing from
+          ``_projected``, which :meth:`_project` clears first): that group is
+          projected again.
 
         The parameters rewritten get ``F(theta)``: where the latent did not
         move, what they held, up to rounding after a re-encoding and bit for
@@ -1023,6 +1034,10 @@ class LatentOptimizer(WrappedOptimizer):
             p = group["params"][pi]
             hard = pi in self._hard.get(gi, ())
             self._write(tr, group, p, self.state[p]["latent"], None if hard else self._value(tr, group))
+        for gi, group in self._quantized_groups():
+            if gi not in self._projected:  # the step's refresh or write-back was interrupted in this group
+                hard = self._hard.get(gi, ())
+                self._project(gi, group, [pi not in hard for pi in range(len(group["params"]))])
 
     # ------------------------------------------------------------ diagnostics
     def _hard_codes(self, stepped: List[Tuple[int, Dict[str, Any], List[bool]]]) -> List[List[Tensor]]:
