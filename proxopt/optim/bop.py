@@ -247,7 +247,6 @@ class Bop(WrappedOptimizer):
     # ------------------------------------------------------------ hard / final
     @torch.no_grad()
     def _write_hard(self) -> None:
-        self._check_quantize()
         for _, group in self._quantized_groups():
             for p in group["params"]:
                 p.copy_(nearest(p, BINARY))

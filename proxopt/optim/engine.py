@@ -58,13 +58,15 @@ def scale_of(theta: Tensor, mode: str) -> Tensor:
         return alpha.view((-1,) + (1,) * (theta.dim() - 1))
     return torch.linalg.vector_norm(theta, 1) / theta.numel()
 
+
 def _max_strength(dtype: torch.dtype) -> float:
     """The largest ``mu``/``beta`` for latents of ``dtype``: 2**-8 times its overflow threshold (``2**128`` for
     float32), headroom for the kernels' scaled copies of it (``2 beta``, ``4 mu``, ...); ``2**120`` for float32."""
     return 2.0 ** (math.floor(math.log2(torch.finfo(dtype).max)) + 1 - 8)
 
 
-_F32_MAX = _max_strength(torch.float32)
+_MAX_STRENGTH_F32 = _max_strength(torch.float32)
+
 
 #: Group keys that belong to proxopt, never passed to the base optimizer.
 COMMON_KEYS = ("quantize",)
@@ -571,6 +573,9 @@ class WrappedOptimizer(Optimizer):
 
     # -------------------------------------------------------------- utilities
     def _quantized_groups(self) -> Iterator[Tuple[int, Dict[str, Any]]]:
+        """``(index, group)`` of each quantized group, after :meth:`_check_quantize` (so every walk over
+        them refuses a ``quantize`` changed since the group was added, before it changes anything)."""
+        self._check_quantize()
         for gi, g in enumerate(self.param_groups):
             if g["quantize"]:
                 yield gi, g
@@ -597,7 +602,6 @@ class WrappedOptimizer(Optimizer):
             ...     bool(lin.weight.abs().eq(1).all())
             True
         """
-        self._check_quantize()
         saved = [(p, p.detach().clone()) for _, g in self._quantized_groups() for p in g["params"]]
         try:
             self._write_hard()
@@ -667,7 +671,7 @@ class LatentOptimizer(WrappedOptimizer):
         k = self.anneal_key
         for _, g in self._quantized_groups():
             v = g[k] = check_value(k, g[k])  # type: ignore[index]
-            if v > _F32_MAX:  # rare: then the limit of each latent's dtype
+            if v > _MAX_STRENGTH_F32:  # rare: then the limit of each latent's dtype
                 limit = min((_max_strength(self.state[p]["latent"].dtype) for p in g["params"]), default=math.inf)
                 if v > limit:
                     raise ValueError(f"Invalid {k}: {v} (beyond {limit:g}, the largest value the group's "
@@ -996,16 +1000,13 @@ class LatentOptimizer(WrappedOptimizer):
         * Before the base step (``stepped`` None) no other latent moved: the
           parameters that served as gradient buffers (``clobbered``) are
           rewritten as they were, bit for bit.
-        * Once it began (``stepped``: what it was stepping), the base step may
-          have moved some latents before failing: those parameters' latents
-          are re-encoded (primal form) and written as a finished step writes
-          them.
-
-        * Also when writing the model back after the base step fails
-          (``step()`` calls it then too), and when a projection was
-          interrupted inside a group (the group is missing from
-          ``_projected``, which :meth:`_project` clears first): that group is
-          projected again.
+        * Once it began (``stepped``: what it was stepping; also when the
+          write-back after it fails), the base step may have moved some
+          latents: those parameters' latents are re-encoded (primal form) and
+          written as a finished step writes them.
+        * A group whose projection was interrupted (missing from
+          ``_projected``, which :meth:`_project` clears first) is projected
+          again.
 
         The parameters rewritten get ``F(theta)``: where the latent did not
         move, what they held, up to rounding after a re-encoding and bit for
@@ -1109,7 +1110,6 @@ class LatentOptimizer(WrappedOptimizer):
     # ------------------------------------------------------------ hard / final
     @torch.no_grad()
     def _write_hard(self) -> None:
-        self._check_quantize()
         for gi, group in self._quantized_groups():
             tr = self._transform(group)
             for p in group["params"]:

@@ -219,7 +219,6 @@ class ProxQuant(WrappedOptimizer):
 
     @torch.no_grad()
     def _write_hard(self) -> None:
-        self._check_quantize()
         for _, group in self._quantized_groups():
             for p in group["params"]:
                 round_(ShardLocal._loc(p.data), tuple(group["levels"]))
