@@ -592,7 +592,8 @@ def test_quantize_cannot_change_after_the_group_was_added(name, flip_group):
     with pytest.raises(ValueError, match=r"Invalid quantize: .* group %d" % flip_group):
         opt.step()
     assert_unchanged(before, opt, params)
-    calls = [opt.finalize, opt.state_dict, lambda: opt.hard().__enter__()] + ([opt.stats] if hasattr(opt, "stats") else [])
+    calls = [opt.finalize, opt.state_dict, lambda: opt.hard().__enter__()]
+    calls += [opt.stats] if hasattr(opt, "stats") else []
     for call in calls:
         with pytest.raises(ValueError, match=r"Invalid quantize: .* group %d" % flip_group):
             call()
