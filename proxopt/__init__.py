@@ -9,6 +9,7 @@ from . import export
 from . import groups
 from . import levels
 from . import mirror_maps
+from . import native
 from . import quantizers
 from .groups import param_groups
 from .optim import Bop
@@ -46,6 +47,7 @@ __all__ = [
     "groups",
     "levels",
     "mirror_maps",
+    "native",
     "optimizer",
     "param_groups",
     "quantizers",

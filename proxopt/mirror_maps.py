@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import native
 from .levels import BINARY, TERNARY, LevelsSpec, levels_tensor, make_levels, nearest
 from .quantizers import _SIGMOID_CUT, _const, sigmoid_into, tanh_grad_into, tanh_into
 
@@ -465,7 +466,9 @@ class Softmax(MirrorMap):
         transcendental here runs on contiguous ``(...)``-shaped buffers:
 
         * two levels: ``w = q_0 + (q_1 - q_0) sigma(beta (theta_1 - theta_0))``,
-          three passes (difference, scaled logistic, fused affine);
+          one pass of :func:`proxopt.native.sm2_project` for float32 CPU
+          duals with contiguous level columns (the optimizers' level-major
+          layout), else three passes (difference, scaled logistic, fused affine);
         * ``d > 2``: with ``M = max_j theta_j``, ``e_j = exp(beta (theta_j - M))``,
           ``w = sum_j q_j e_j / sum_j e_j`` (about 4 passes per level), using
           ``scratch`` (a workspace of ``theta``'s shape) for ``M``, ``e_j`` and
@@ -478,6 +481,8 @@ class Softmax(MirrorMap):
         q = self.levels
         if len(q) == 2:
             t0, t1 = theta.unbind(-1)
+            if native.sm2_project(t0, t1, out, beta, q[0], q[1] - q[0]):
+                return out
             s = sigmoid_into(torch.sub(t1, t0, out=out), beta, out)
             return _affine_into(q[0], s, q[1] - q[0], out)
         m, e, den = self._buffers(theta, scratch, 3)
@@ -524,7 +529,10 @@ class Softmax(MirrorMap):
         In place, with the log-partition in a contiguous buffer (from
         ``scratch``, a workspace of ``theta``'s shape):
 
-        * two levels: with ``D = theta_1 - theta_0`` and
+        * two levels: one pass of :func:`proxopt.native.sm2_renorm` for float32
+          CPU duals with contiguous level columns
+          (``theta_1 <- -softplus_beta(-D)``, ``theta_0 <- -softplus_beta(D)``,
+          both floored); else, with ``D = theta_1 - theta_0`` and
           ``softplus_beta(x) = log(1 + exp(beta x))/beta``,
           ``theta_1 <- -softplus_beta(-D)`` (``softplus`` with ``beta``
           negated computes it in one pass) and ``theta_0 <- theta_1 - D``:
@@ -546,6 +554,8 @@ class Softmax(MirrorMap):
         cols = theta.unbind(-1)
         floor = _dual_floor(theta.dtype, beta)
         if d == 2:
+            if native.sm2_renorm(cols[0], cols[1], beta, floor):
+                return theta
             diff, t1 = self._buffers(theta, scratch, 2)
             torch.sub(cols[1], cols[0], out=diff)
             # softplus(x, -beta) = log(1 + exp(-beta x)) / (-beta) = -softplus_beta(-x); where -beta x > 40 it
@@ -630,9 +640,14 @@ class Softmax(MirrorMap):
 
         One strided pass per level (``copy`` for ``q_j = 1``, ``neg`` for
         ``q_j = -1``, a scalar multiply otherwise): a broadcast
-        ``(..., 1) * (d,)`` multiply is several times slower on CPU.
+        ``(..., 1) * (d,)`` multiply is several times slower on CPU. Two
+        float32 CPU levels with contiguous columns take one pass of
+        :func:`proxopt.native.sm2_pullback` (the same products).
         """
-        for qj, c in zip(levels_tensor(self.levels, theta).tolist(), out.unbind(-1)):
+        cols = out.unbind(-1)
+        if len(cols) == 2 and native.sm2_pullback(grad, cols[0], cols[1], *levels_tensor(self.levels, theta).tolist()):
+            return out
+        for qj, c in zip(levels_tensor(self.levels, theta).tolist(), cols):
             if qj == 1.0:
                 c.copy_(grad)
             elif qj == -1.0:

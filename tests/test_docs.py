@@ -45,7 +45,7 @@ def test_every_public_object_is_documented(html):
         if f"proxopt.{name}" not in ids and own not in ids:
             missing.append(name)
     assert not missing, f"public names without an API entry in docs/api/: {missing}"
-    for module in ("quantizers", "mirror_maps", "levels", "groups", "summary", "export", "distributed"):
+    for module in ("quantizers", "mirror_maps", "levels", "groups", "summary", "export", "distributed", "native"):
         assert f"module-proxopt.{module}" in (html / "api" / f"{module}.html").read_text(encoding="utf-8")
 
 

@@ -1,0 +1,195 @@
+/*
+ * proxopt's native CPU kernels: the two-level softmax dual of mirror descent (THEORY.md section 5).
+ *
+ * proxopt/native.py compiles this file with the system C compiler on first use and calls it through
+ * ctypes; without a compiler the same maps run as torch operations (proxopt/mirror_maps.py).
+ *
+ * A two-level dual (theta_0, theta_1) per weight, levels (q_0, q_1), inverse temperature beta; with
+ * z = beta (theta_1 - theta_0) and sigma(z) = 1 / (1 + e^-z):
+ *
+ *   project   w = q_0 + (q_1 - q_0) sigma(z)                         (softmax map, Ajanthan et al. [MD])
+ *   renorm    theta_1 <- max(-softplus(-z) / beta, floor)             (theta_j - LSE(beta theta) / beta:
+ *             theta_0 <- max(-softplus( z) / beta, floor)              the primal form's log(u) / beta)
+ *   pullback  g_j = q_j g                                             (the mirror-descent step, B' = 1)
+ *
+ * with softplus(x) = max(x, 0) + log1p(e^-|x|), so each weight needs one exponential of a non-positive
+ * number and one log1p on [0, 1]. Both are computed here with range reduction and polynomials of plain
+ * additions, multiplications and divisions, so the compiler vectorizes every loop and every element gets
+ * the same result whether it falls in a vector body or a scalar remainder (with floating-point
+ * contraction off; fused multiply-adds are written explicitly where the target has them). Every result
+ * is therefore a function of its own inputs only, the property proxopt's p = F(theta) invariant needs.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __FMA__
+#define MADD(a, b, c) fmaf((a), (b), (c))
+#else
+#define MADD(a, b, c) ((a) * (b) + (c))
+#endif
+
+/* ln 2 split for Cody-Waite reduction: LN2_HI has 16 significant bits, so k * LN2_HI is exact for |k| < 2^8. */
+#define LN2_HI 0.693145751953125f
+#define LN2_LO 1.428606765330187e-06f
+#define LOG2E 1.44269504088896341f
+
+static inline float pow2i(int32_t k) {
+    int32_t bits = (k + 127) << 23;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/*
+ * e^x for x <= 0: x = k ln 2 + r with |r| <= ln(2)/2 and e^x = 2^k e^r, e^r by its Taylor polynomial of
+ * degree 7 (truncation error below 6e-9 relative). Results below 2^-126 (x < -87) are 0; NaN stays NaN.
+ */
+static inline float exp_nonpos(float x) {
+    float xc = x >= -87.0f ? x : 0.0f;
+    float k = rintf(xc * LOG2E);
+    float r = (xc - k * LN2_HI) - k * LN2_LO;
+    float p = 1.0f / 5040.0f;
+    p = MADD(p, r, 1.0f / 720.0f);
+    p = MADD(p, r, 1.0f / 120.0f);
+    p = MADD(p, r, 1.0f / 24.0f);
+    p = MADD(p, r, 1.0f / 6.0f);
+    p = MADD(p, r, 0.5f);
+    p = MADD(p, r, 1.0f);
+    p = MADD(p, r, 1.0f);
+    float y = p * pow2i((int32_t)k);
+    return x >= -87.0f ? y : (x != x ? x : 0.0f);
+}
+
+/* log(1 + e) for 0 <= e <= 1: 2 atanh(f) with f = e / (2 + e) in [0, 1/3], its odd series to f^15
+ * (truncation error below 2e-9 relative). */
+static inline float log1p_unit(float e) {
+    float f = e / (2.0f + e);
+    float f2 = f * f;
+    float p = 1.0f / 15.0f;
+    p = MADD(p, f2, 1.0f / 13.0f);
+    p = MADD(p, f2, 1.0f / 11.0f);
+    p = MADD(p, f2, 1.0f / 9.0f);
+    p = MADD(p, f2, 1.0f / 7.0f);
+    p = MADD(p, f2, 1.0f / 5.0f);
+    p = MADD(p, f2, 1.0f / 3.0f);
+    float twof = 2.0f * f;
+    return MADD(twof * f2, p, twof);
+}
+
+/* ------------------------------------------------------------------ kernels on [lo, hi) */
+
+typedef struct {
+    const float *t0, *t1, *g;
+    float *o0, *o1;
+    float beta, inv_beta, floor_, a, b;
+} args_t;
+
+static void project_range(const args_t *A, long lo, long hi) {
+    const float *t0 = A->t0, *t1 = A->t1;
+    float *out = A->o0;
+    const float beta = A->beta, a = A->a, b = A->b;
+    for (long i = lo; i < hi; i++) {
+        float z = (t1[i] - t0[i]) * beta;
+        float e = exp_nonpos(-fabsf(z));
+        float s = (z >= 0.0f ? 1.0f : e) / (1.0f + e);
+        out[i] = MADD(b, s, a);
+    }
+}
+
+static void renorm_range(const args_t *A, long lo, long hi) {
+    float *t0 = A->o0, *t1 = A->o1;
+    const float beta = A->beta, inv_beta = A->inv_beta, fl = A->floor_;
+    for (long i = lo; i < hi; i++) {
+        float z = (t1[i] - t0[i]) * beta;
+        float e = exp_nonpos(-fabsf(z));
+        float l = log1p_unit(e);
+        float x1 = -((z < 0.0f ? -z : 0.0f) + l) * inv_beta;
+        float x0 = -((z > 0.0f ? z : 0.0f) + l) * inv_beta;
+        t1[i] = x1 < fl ? fl : x1;
+        t0[i] = x0 < fl ? fl : x0;
+    }
+}
+
+static void pullback_range(const args_t *A, long lo, long hi) {
+    const float *g = A->g;
+    float *g0 = A->o0, *g1 = A->o1;
+    const float q0 = A->a, q1 = A->b;
+    for (long i = lo; i < hi; i++) {
+        float x = g[i];
+        g0[i] = q0 * x;
+        g1[i] = q1 * x;
+    }
+}
+
+/* ------------------------------------------------------------------ threads */
+
+typedef void (*range_fn)(const args_t *, long, long);
+
+typedef struct {
+    range_fn fn;
+    const args_t *args;
+    long lo, hi;
+} task_t;
+
+static void *run_task(void *p) {
+    task_t *t = (task_t *)p;
+    t->fn(t->args, t->lo, t->hi);
+    return NULL;
+}
+
+#define MAX_THREADS 64
+#define GRAIN 32768L
+
+/* fn over [0, n) in up to `threads` contiguous chunks (multiples of 64 elements), the first on the
+ * calling thread; a thread that cannot be started runs its chunk here. */
+static void parallel(range_fn fn, const args_t *args, long n, int threads) {
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > n / GRAIN) threads = (int)(n / GRAIN);
+    if (threads <= 1) {
+        fn(args, 0, n);
+        return;
+    }
+    long chunk = ((n + threads - 1) / threads + 63) & ~63L;
+    pthread_t th[MAX_THREADS];
+    task_t tasks[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int i = 1; i < threads; i++) {
+        long lo = i * chunk;
+        if (lo >= n) break;
+        tasks[i].fn = fn;
+        tasks[i].args = args;
+        tasks[i].lo = lo;
+        tasks[i].hi = lo + chunk < n ? lo + chunk : n;
+        started[i] = pthread_create(&th[i], NULL, run_task, &tasks[i]) == 0;
+        if (!started[i]) run_task(&tasks[i]);
+    }
+    fn(args, 0, chunk < n ? chunk : n);
+    for (int i = 1; i < threads; i++)
+        if (started[i]) pthread_join(th[i], NULL);
+}
+
+/* ------------------------------------------------------------------ entry points (float32, contiguous) */
+
+/* out = a + b sigma(beta (t1 - t0)) */
+void proxopt_sm2_project(const float *t0, const float *t1, float *out, long n, float beta, float a, float b,
+                         int threads) {
+    args_t A = {t0, t1, NULL, out, NULL, beta, 0.0f, 0.0f, a, b};
+    parallel(project_range, &A, n, threads);
+}
+
+/* (t0, t1) <- the log-partition renormalisation at beta, floored at floor_, in place */
+void proxopt_sm2_renorm(float *t0, float *t1, long n, float beta, float floor_, int threads) {
+    args_t A = {NULL, NULL, NULL, t0, t1, beta, 1.0f / beta, floor_, 0.0f, 0.0f};
+    parallel(renorm_range, &A, n, threads);
+}
+
+/* g0 = q0 g, g1 = q1 g */
+void proxopt_sm2_pullback(const float *g, float *g0, float *g1, long n, float q0, float q1, int threads) {
+    args_t A = {NULL, NULL, g, g0, g1, 0.0f, 0.0f, 0.0f, q0, q1};
+    parallel(pullback_range, &A, n, threads);
+}
+
+/* the interface version native.py checks */
+int proxopt_native_version(void) { return 1; }

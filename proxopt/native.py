@@ -1,0 +1,259 @@
+"""Optional native CPU kernels for the two-level softmax dual (mirror descent, THEORY.md §5).
+
+The softmax map's hot loops on a binary dual ``(theta_0, theta_1)`` per
+weight, with ``z = beta (theta_1 - theta_0)`` and levels ``(q_0, q_1)``:
+
+.. math::
+    w = q_0 + (q_1 - q_0)\\,\\sigma(z),\\qquad
+    \\theta_1 \\leftarrow \\max(-\\mathrm{softplus}(-z)/\\beta, f),\\quad
+    \\theta_0 \\leftarrow \\max(-\\mathrm{softplus}(z)/\\beta, f),\\qquad
+    g_j = q_j\\, g_w
+
+(projection [MD]; the primal form's log-partition renormalisation
+``theta_j - LSE(beta theta)/beta``, floored at ``f = log(tiny)/beta``;
+the mirror-descent pull-back). As torch operations each is several passes
+over memory with one or two transcendental kernels; ``native.c`` does each
+in one vectorized pass, with its own exponential and ``log1p`` (range
+reduction and polynomials, within a few ulp).
+
+The source ships with the package and is compiled on first use with the
+system C compiler (``$CC``, else ``cc``), ``-O3`` for the machine it runs on,
+into a cache folder (``$PROXOPT_CACHE``, else ``$XDG_CACHE_HOME/proxopt`` or
+``~/.cache/proxopt``; about a second, once per machine and compiler), then
+checked against the torch formulas before it is used. Without a compiler,
+when the build or that check fails, or with ``PROXOPT_NATIVE=0`` in the
+environment, the torch operations run instead: the same maps up to rounding.
+:func:`status` says which and why.
+
+Only plain contiguous float32 CPU tensors take the native path; a given
+tensor always takes the same path, so a model written from its latents is
+reproduced bit for bit by writing it again. Large tensors are split over
+``torch.get_num_threads()`` threads.
+
+References:
+    [MD] Ajanthan, Gupta, Torr, Hartley, Dokania. Mirror Descent View for
+    Neural Network Quantization. AISTATS 2021.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "status", "sm2_project", "sm2_renorm", "sm2_pullback"]
+
+_VERSION = 1
+_SOURCE = Path(__file__).with_name("native.c")
+_FLAGS = ("-O3", "-fPIC", "-shared", "-pthread", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
+_ARCH_FLAGS = (("-march=native",), ())  # tried in order: the machine's vector units, then the compiler's default
+
+_lock = threading.Lock()
+_lib: Optional[ctypes.CDLL] = None
+_state: Optional[str] = None  # None: not tried yet; else "native (<path>)" or "torch (<reason>)"
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def _disabled() -> bool:
+    return os.environ.get("PROXOPT_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("PROXOPT_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "proxopt"
+
+
+def _machine_tag() -> str:
+    """What the compiled code depends on besides its source and flags: the CPU's features."""
+    tag = [platform.machine(), platform.system()]
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    tag.append(line.strip())
+                    break
+    except OSError:
+        tag.append(platform.processor())
+    return "|".join(tag)
+
+
+def _compiler_tag(cc: str) -> str:
+    try:
+        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+        return out.stdout.splitlines()[0] if out.stdout else cc
+    except (OSError, subprocess.SubprocessError):
+        return cc
+
+
+def _build() -> ctypes.CDLL:
+    """Compile (or reuse from the cache) and load the kernels; raises on any failure."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        raise RuntimeError("no C compiler found (set CC)")
+    source = _SOURCE.read_bytes()
+    folder = _cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for arch in _ARCH_FLAGS:
+        flags = _FLAGS + arch
+        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), _compiler_tag(cc).encode(),
+                                         _machine_tag().encode(), sys.platform.encode()])).hexdigest()[:20]
+        path = folder / f"native-{key}.so"
+        if not path.exists():
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+            os.close(fd)
+            try:
+                res = subprocess.run([cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+                                     timeout=120)
+                if res.returncode != 0:
+                    errors.append(f"{cc} {' '.join(arch) or '(default arch)'}: {res.stderr.strip()[-300:]}")
+                    continue
+                os.replace(tmp, path)  # atomic: concurrent builders each write their own file
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError as e:
+            errors.append(f"loading {path}: {e}")
+            continue
+        _declare(lib)
+        if lib.proxopt_native_version() != _VERSION:
+            errors.append(f"{path}: interface version {lib.proxopt_native_version()}, expected {_VERSION}")
+            continue
+        return lib
+    raise RuntimeError("; ".join(errors) or "build failed")
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    P, N, F, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
+    lib.proxopt_sm2_project.argtypes = [P, P, P, N, F, F, F, I]
+    lib.proxopt_sm2_renorm.argtypes = [P, P, N, F, F, I]
+    lib.proxopt_sm2_pullback.argtypes = [P, P, P, N, F, F, I]
+    for fn in (lib.proxopt_sm2_project, lib.proxopt_sm2_renorm, lib.proxopt_sm2_pullback):
+        fn.restype = None
+    lib.proxopt_native_version.restype = ctypes.c_int
+    lib.proxopt_native_version.argtypes = []
+
+
+def _self_check(lib: ctypes.CDLL) -> Optional[str]:
+    """Compare the kernels with the torch formulas on awkward values; a message if they disagree."""
+    z = torch.tensor([0.0, -0.0, 1e-30, -1e-8, 0.3, -0.7, 2.5, -17.0, 20.0, 40.0, -41.0, 87.0, -88.0, 90.0, -104.0,
+                      200.0, -1e4, 3e38], dtype=torch.float64)
+    z = torch.cat([z, -z, torch.linspace(-30, 30, 301, dtype=torch.float64)])
+    beta = 1.7
+    t1 = (z / (2 * beta)).float()
+    t0 = -t1
+    zz = (t1.double() - t0.double()) * torch.tensor(beta, dtype=torch.float32).double()
+    n = t0.numel()
+    w = torch.empty(n)
+    lib.proxopt_sm2_project(t0.data_ptr(), t1.data_ptr(), w.data_ptr(), n, beta, -1.0, 2.0, 1)
+    ref = -1.0 + 2.0 * torch.sigmoid(zz)
+    if not bool(((w.double() - ref).abs() <= 8 * 2.0 ** -23).all()):
+        return "projection check failed"
+    r0, r1 = t0.clone(), t1.clone()
+    floor = float(torch.tensor(-87.33654475055310898657, dtype=torch.float32) / beta)
+    lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), n, beta, floor, 1)
+    sp = torch.nn.functional.softplus
+    e1 = (-sp(-zz) / beta).clamp_min(floor)
+    e0 = (-sp(zz) / beta).clamp_min(floor)
+    tol = 8 * 2.0 ** -23 * torch.maximum(e0.abs(), e1.abs()).clamp_min(1e-30)
+    if not bool((((r0.double() - e0).abs() <= tol) & ((r1.double() - e1).abs() <= tol)).all()):
+        return "renormalisation check failed"
+    g = torch.linspace(-3, 3, n)
+    g0, g1 = torch.empty(n), torch.empty(n)
+    lib.proxopt_sm2_pullback(g.data_ptr(), g0.data_ptr(), g1.data_ptr(), n, -1.0, 0.5, 1)
+    if not (torch.equal(g0, -g) and torch.equal(g1, g * 0.5)):
+        return "pull-back check failed"
+    return None
+
+
+def _load() -> Optional[ctypes.CDLL]:
+    global _lib, _state
+    if _state is not None:
+        return _lib
+    with _lock:
+        if _state is not None:
+            return _lib
+        if _disabled():
+            _state = "torch (PROXOPT_NATIVE=0)"
+            return None
+        try:
+            lib = _build()
+            problem = _self_check(lib)
+        except Exception as e:  # no compiler, read-only cache, ...: the torch operations run instead
+            lib, problem = None, f"{type(e).__name__}: {e}"
+        if problem is not None:
+            _state = f"torch ({problem})"
+            return None
+        _lib = lib
+        _state = f"native ({lib._name})"
+        return lib
+
+
+def available() -> bool:
+    """Whether the native kernels are in use (compiling them on the first call)."""
+    return _load() is not None
+
+
+def status() -> str:
+    """``"native (<library>)"``, or ``"torch (<why not>)"``: which implementation the kernels use."""
+    _load()
+    return str(_state)
+
+
+def _ok(n: int, *ts: Tensor) -> bool:
+    """Whether every tensor is a plain contiguous float32 CPU tensor of ``n`` elements (the kernels' input)."""
+    f32 = torch.float32
+    for t in ts:
+        if type(t) not in _PLAIN or not t.is_cpu or t.dtype is not f32 or not t.is_contiguous() or t.numel() != n:
+            return False
+    return True
+
+
+def _threads(n: int) -> int:
+    return torch.get_num_threads() if n >= 65536 else 1
+
+
+def sm2_project(t0: Tensor, t1: Tensor, out: Tensor, beta: float, a: float, b: float) -> bool:
+    """``out = a + b sigma(beta (t1 - t0))`` natively; False (nothing done) where the torch path must run."""
+    lib = _lib if _state is not None else _load()
+    n = out.numel()
+    if lib is None or not _ok(n, t0, t1, out):
+        return False
+    lib.proxopt_sm2_project(t0.data_ptr(), t1.data_ptr(), out.data_ptr(), n, beta, a, b, _threads(n))
+    return True
+
+
+def sm2_renorm(t0: Tensor, t1: Tensor, beta: float, floor: float) -> bool:
+    """``t1 <- max(-softplus(-z)/beta, floor)``, ``t0 <- max(-softplus(z)/beta, floor)`` with
+    ``z = beta (t1 - t0)``, in place, natively; False (nothing done) where the torch path must run."""
+    lib = _lib if _state is not None else _load()
+    n = t0.numel()
+    if lib is None or not _ok(n, t0, t1):
+        return False
+    lib.proxopt_sm2_renorm(t0.data_ptr(), t1.data_ptr(), n, beta, floor, _threads(n))
+    return True
+
+
+def sm2_pullback(g: Tensor, g0: Tensor, g1: Tensor, q0: float, q1: float) -> bool:
+    """``g0 = q0 g``, ``g1 = q1 g`` natively (bit for bit the torch result); False where torch must run."""
+    lib = _lib if _state is not None else _load()
+    n = g.numel()
+    if lib is None or not _ok(n, g, g0, g1):
+        return False
+    lib.proxopt_sm2_pullback(g.data_ptr(), g0.data_ptr(), g1.data_ptr(), n, q0, q1, _threads(n))
+    return True

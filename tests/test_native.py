@@ -1,0 +1,233 @@
+"""The native two-level softmax kernels (proxopt/native.c): agreement with the torch path, per-element results,
+fallback without a compiler."""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import proxopt
+from proxopt import mirror_maps as mm
+from proxopt import native
+from proxopt.mirror_maps import _dual_floor
+
+needs_native = pytest.mark.skipif(not native.available(), reason=f"native kernels unavailable: {native.status()}")
+EPS = 2.0 ** -23
+
+
+@pytest.fixture
+def torch_path(monkeypatch):
+    """Run the mirror maps' torch operations instead of the kernels inside the test."""
+    def use_torch():
+        for name in ("sm2_project", "sm2_renorm", "sm2_pullback"):
+            monkeypatch.setattr(native, name, lambda *a, **k: False)
+    return use_torch
+
+
+def level_major(base):
+    """The ``(..., 2)`` dual view of a contiguous ``(2, ...)`` tensor, as the optimizers store it."""
+    return base.movedim(0, -1)
+
+
+def duals(n, seed=0, spread=(0.01, 3.0, 60.0)):
+    g = torch.Generator().manual_seed(seed)
+    parts = [torch.randn(2, n // len(spread), generator=g) * s for s in spread]
+    return torch.cat(parts, dim=1).contiguous()
+
+
+def ref_project(base, beta, q0, q1):
+    z = (base[1].double() - base[0].double()) * float(torch.tensor(beta, dtype=torch.float32))
+    return q0 + (q1 - q0) * torch.sigmoid(z)
+
+
+def ref_renorm(base, beta):
+    z = (base[1].double() - base[0].double()) * float(torch.tensor(beta, dtype=torch.float32))
+    floor = _dual_floor(torch.float32, beta)
+    sp = torch.nn.functional.softplus
+    return (-sp(z) / beta).clamp_min(floor), (-sp(-z) / beta).clamp_min(floor)
+
+
+def test_status_names_the_implementation():
+    s = native.status()
+    assert s.startswith("native (") or s.startswith("torch ("), s
+    assert native.available() == s.startswith("native (")
+
+
+@needs_native
+@pytest.mark.parametrize("beta", [1.0, 0.37, 5.0, 1e4])
+@pytest.mark.parametrize("levels", [(-1.0, 1.0), (-0.5, 2.0)])
+def test_projection_matches_the_torch_path(beta, levels, torch_path):
+    m = mm.Softmax(levels)
+    base = duals(30_000, seed=1)
+    w_native = torch.empty(base.shape[1])
+    m.to_primal_into(level_major(base), beta, w_native)
+    ref = ref_project(base, beta, *levels)
+    torch_path()
+    w_torch = torch.empty_like(w_native)
+    m.to_primal_into(level_major(base), beta, w_torch)
+    scale = max(abs(q) for q in levels)
+    assert (w_native.double() - ref).abs().max() <= 8 * EPS * scale
+    assert (w_native - w_torch).abs().max() <= 8 * EPS * scale
+
+
+@needs_native
+@pytest.mark.parametrize("beta", [1.0, 0.37, 5.0, 1e4])
+def test_renormalisation_matches_the_torch_path(beta, torch_path):
+    m = mm.Softmax()
+    base = duals(30_000, seed=2)
+    got = base.clone()
+    m.renormalize_(level_major(got), beta)
+    e0, e1 = ref_renorm(base, beta)
+    torch_path()
+    eager = base.clone()
+    m.renormalize_(level_major(eager), beta)
+    scale = torch.maximum(e0.abs(), e1.abs())
+    for a, b in ((got[0], e0), (got[1], e1), (eager[0], e0), (eager[1], e1)):
+        assert bool(((a.double() - b).abs() <= 8 * EPS * scale).all())
+    assert bool((got >= _dual_floor(torch.float32, beta)).all())
+
+
+@needs_native
+def test_pullback_is_bit_for_bit(torch_path):
+    m = mm.Softmax((-0.5, 2.0))
+    g = torch.randn(5000)
+    theta = level_major(torch.zeros(2, 5000))
+    got = level_major(torch.empty(2, 5000))
+    m.primal_grad_to_dual_into(theta, g, got)
+    torch_path()
+    want = level_major(torch.empty(2, 5000))
+    m.primal_grad_to_dual_into(theta, g, want)
+    assert torch.equal(got, want)
+
+
+@needs_native
+def test_each_result_depends_on_its_own_inputs_only():
+    """Vector body and scalar remainder agree: any slice gives the same values bit for bit (p = F(theta))."""
+    base = duals(4099, seed=3)
+    full = torch.empty(base.shape[1])
+    assert native.sm2_project(base[0], base[1], full, 1.7, -1.0, 2.0)
+    ren = base.clone()
+    assert native.sm2_renorm(ren[0], ren[1], 1.7, _dual_floor(torch.float32, 1.7))
+    m = base.shape[1]
+    for lo, hi in ((1, m), (3, 20), (17, 18), (m - 99, m)):
+        part = torch.empty(hi - lo)
+        assert native.sm2_project(base[0, lo:hi].clone(), base[1, lo:hi].clone(), part, 1.7, -1.0, 2.0)
+        assert torch.equal(part, full[lo:hi])
+        r = base[:, lo:hi].clone()
+        assert native.sm2_renorm(r[0], r[1], 1.7, _dual_floor(torch.float32, 1.7))
+        assert torch.equal(r, ren[:, lo:hi])
+
+
+@needs_native
+def test_threads_give_the_same_result():
+    base = duals(300_000, seed=4)
+    outs = []
+    prev = torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            w = torch.empty(base.shape[1])
+            r = base.clone()
+            g0, g1 = torch.empty(base.shape[1]), torch.empty(base.shape[1])
+            assert native.sm2_project(base[0], base[1], w, 2.0, -1.0, 2.0)
+            assert native.sm2_renorm(r[0], r[1], 2.0, _dual_floor(torch.float32, 2.0))
+            assert native.sm2_pullback(base[0], g0, g1, -1.0, 1.0)
+            outs.append((w, r, g0, g1))
+    finally:
+        torch.set_num_threads(prev)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+def test_other_tensors_take_the_torch_path():
+    a, b, out = torch.randn(8), torch.randn(8), torch.empty(8)
+    assert not native.sm2_project(a.double(), b.double(), out.double(), 1.0, -1.0, 2.0)
+    assert not native.sm2_project(torch.randn(8, 2)[:, 0], b, out, 1.0, -1.0, 2.0)  # strided
+    assert not native.sm2_project(a, torch.randn(9), out, 1.0, -1.0, 2.0)  # sizes differ
+    assert not native.sm2_renorm(a.half(), b.half(), 1.0, -87.0)
+    assert not native.sm2_pullback(a.to(torch.bfloat16), out, out.clone(), -1.0, 1.0)
+
+
+@needs_native
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e4, 1e4, width=32, allow_subnormal=False), min_size=2, max_size=80),
+       st.floats(1e-3, 1e4))
+def test_kernels_property(values, beta):
+    """Projection within a few ulp of sigma in float64; the renormalised dual is floored, within a few ulp of
+    max |theta| of -softplus, sums to one on the simplex, and projects to the same weight."""
+    n = len(values) // 2
+    base = torch.tensor(values[: 2 * n], dtype=torch.float32).view(2, n).contiguous()
+    w = torch.empty(n)
+    assert native.sm2_project(base[0], base[1], w, beta, -1.0, 2.0)
+    assert (w.double() - ref_project(base, beta, -1.0, 1.0)).abs().max() <= 8 * EPS
+    r = base.clone()
+    floor = _dual_floor(torch.float32, beta)
+    assert native.sm2_renorm(r[0], r[1], beta, floor)
+    assert bool((r >= floor).all())
+    e0, e1 = ref_renorm(base, beta)
+    scale = torch.maximum(e0.abs(), e1.abs())
+    assert bool(((r[0].double() - e0).abs() <= 8 * EPS * scale).all())
+    assert bool(((r[1].double() - e1).abs() <= 8 * EPS * scale).all())
+    u = torch.exp(r.double() * float(torch.tensor(beta, dtype=torch.float32))).sum(0)
+    floored = (r == floor).any(0)
+    assert bool(((u - 1).abs()[~floored] <= 64 * EPS * (1 + beta * scale[~floored])).all())
+    w2 = torch.empty(n)
+    assert native.sm2_project(r[0], r[1], w2, beta, -1.0, 2.0)
+    z = (base[1].double() - base[0].double()).abs() * beta
+    keep = z < -math.log(torch.finfo(torch.float32).tiny) - 1  # not moved by the floor
+    assert bool(((w2 - w).abs()[keep] <= 64 * EPS * (1 + z[keep])).all())
+
+
+@pytest.mark.parametrize("preset", ["md-softmax", "md-softmax-s"])
+def test_optimizer_steps_agree_with_the_torch_path(preset, torch_path):
+    def run():
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(64, 32)
+        opt = proxopt.optimizer(preset, lin.parameters(), lr=0.05)
+        x, y = torch.randn(16, 64), torch.randn(16, 32)
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(lin(x), y).backward()
+            opt.step()
+        return lin.weight.detach().clone(), opt.state[lin.weight]["latent"].clone()
+    w_native, lat_native = run()
+    torch_path()
+    w_torch, lat_torch = run()
+    assert torch.allclose(w_native, w_torch, rtol=0, atol=1e-5)
+    assert torch.allclose(lat_native, lat_torch, rtol=0, atol=1e-5 * (1 + lat_torch.abs().max().item()))
+
+
+def _status_in_subprocess(env_update, tmp_path):
+    env = dict(os.environ, PROXOPT_CACHE=str(tmp_path / "cache"), **env_update)
+    code = ("import torch, proxopt\n"
+            "lin = torch.nn.Linear(4, 3)\n"
+            "opt = proxopt.optimizer('md-softmax', lin.parameters(), lr=0.1)\n"
+            "lin(torch.randn(2, 4)).sum().backward(); opt.step()\n"
+            "assert bool(lin.weight.abs().le(1).all())\n"
+            "print(proxopt.native.status())\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_disabled_by_environment(tmp_path):
+    assert _status_in_subprocess({"PROXOPT_NATIVE": "0"}, tmp_path) == "torch (PROXOPT_NATIVE=0)"
+
+
+def test_without_a_compiler_the_torch_path_runs(tmp_path):
+    status = _status_in_subprocess({"CC": str(tmp_path / "no-such-cc")}, tmp_path)
+    assert status.startswith("torch (") and "no-such-cc" in status, status
+
+
+def test_unwritable_cache_falls_back(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = dict(os.environ, PROXOPT_CACHE=str(blocker / "cache"))
+    code = "import proxopt; print(proxopt.native.status())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith("torch ("), out.stdout
