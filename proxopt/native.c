@@ -20,7 +20,6 @@
  * is therefore a function of its own inputs only, the property proxopt's p = F(theta) invariant needs.
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -127,47 +126,26 @@ static void pullback_range(const args_t *A, long lo, long hi) {
 
 typedef void (*range_fn)(const args_t *, long, long);
 
-typedef struct {
-    range_fn fn;
-    const args_t *args;
-    long lo, hi;
-} task_t;
-
-static void *run_task(void *p) {
-    task_t *t = (task_t *)p;
-    t->fn(t->args, t->lo, t->hi);
-    return NULL;
-}
-
-#define MAX_THREADS 64
 #define GRAIN 32768L
 
-/* fn over [0, n) in up to `threads` contiguous chunks (multiples of 64 elements), the first on the
- * calling thread; a thread that cannot be started runs its chunk here. */
+/* fn over [0, n) in up to `threads` contiguous chunks (multiples of 64 elements). With OpenMP (native.py
+ * builds with -fopenmp where the compiler has it) the chunks run on the OpenMP runtime that torch itself
+ * loaded (libgomp.so.1 is already in the process), so they share torch's intra-op threads instead of
+ * competing with them; without OpenMP they run one after the other. */
 static void parallel(range_fn fn, const args_t *args, long n, int threads) {
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > n / GRAIN) threads = (int)(n / GRAIN);
     if (threads <= 1) {
         fn(args, 0, n);
         return;
     }
     long chunk = ((n + threads - 1) / threads + 63) & ~63L;
-    pthread_t th[MAX_THREADS];
-    task_t tasks[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int i = 1; i < threads; i++) {
-        long lo = i * chunk;
-        if (lo >= n) break;
-        tasks[i].fn = fn;
-        tasks[i].args = args;
-        tasks[i].lo = lo;
-        tasks[i].hi = lo + chunk < n ? lo + chunk : n;
-        started[i] = pthread_create(&th[i], NULL, run_task, &tasks[i]) == 0;
-        if (!started[i]) run_task(&tasks[i]);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+#endif
+    for (int i = 0; i < threads; i++) {
+        long lo = i * chunk, hi = lo + chunk < n ? lo + chunk : n;
+        if (lo < hi) fn(args, lo, hi);
     }
-    fn(args, 0, chunk < n ? chunk : n);
-    for (int i = 1; i < threads; i++)
-        if (started[i]) pthread_join(th[i], NULL);
 }
 
 /* ------------------------------------------------------------------ entry points (float32, contiguous) */

@@ -27,8 +27,10 @@ environment, the torch operations run instead: the same maps up to rounding.
 
 Only plain contiguous float32 CPU tensors take the native path; a given
 tensor always takes the same path, so a model written from its latents is
-reproduced bit for bit by writing it again. Large tensors are split over
-``torch.get_num_threads()`` threads.
+reproduced bit for bit by writing it again, whatever the number of threads.
+Large tensors are split over ``torch.get_num_threads()`` threads of the
+OpenMP runtime torch loaded (the build links ``-fopenmp`` where the compiler
+has it), so the kernels share torch's intra-op threads.
 
 References:
     [MD] Ajanthan, Gupta, Torr, Hartley, Dokania. Mirror Descent View for
@@ -55,8 +57,9 @@ __all__ = ["available", "status", "sm2_project", "sm2_renorm", "sm2_pullback"]
 
 _VERSION = 1
 _SOURCE = Path(__file__).with_name("native.c")
-_FLAGS = ("-O3", "-fPIC", "-shared", "-pthread", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
-_ARCH_FLAGS = (("-march=native",), ())  # tried in order: the machine's vector units, then the compiler's default
+_FLAGS = ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
+#: tried in order: the machine's vector units and OpenMP threads, then without either
+_ARCH_FLAGS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native",), ())
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
