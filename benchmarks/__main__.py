@@ -194,7 +194,8 @@ def run_speed(requested: Optional[Sequence[str]], sizes: Sequence[str], quick: b
     presets = [m for m in (requested or proxopt.available()) if m in proxopt.available()]
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
-    out: Dict[str, Any] = {"step": {}, "clock": S.set_clock(threads == 1), "allocator": S.keep_freed_memory()}
+    out: Dict[str, Any] = {"step": {}, "clock": S.set_clock(threads == 1), "allocator": S.keep_freed_memory(),
+                           "native": "in use" if proxopt.native.available() else proxopt.native.status()}
     total = len(presets) * len(sizes) + 4
     try:
         with tqdm(total=total, desc="speed", unit="task", dynamic_ncols=True) as bar:

@@ -429,7 +429,8 @@ def write_report(results: Dict[str, Any], out: str) -> str:
                  f"{cfg['threads']} intra-op thread(s). Step ratios are the median of the per-repeat ratios. "
                  f"Allocator: {speed.get('allocator', 'defaults')} (see `benchmarks.speed.keep_freed_memory`: "
                  "without it Adam's per-step temporaries page-fault, which inflates Adam's time by a varying "
-                 "amount and makes every ratio look better).\n")
+                 "amount and makes every ratio look better). "
+                 f"Two-level softmax kernels: {speed.get('native', 'not recorded')} (`proxopt.native.status()`).\n")
         step = speed.get("step") or {}
         from .speed import UNIT_BACKWARD
 
@@ -491,7 +492,10 @@ def write_report(results: Dict[str, Any], out: str) -> str:
                 if any(n.startswith("md-softmax") for n in prof):
                     notes.append("md-softmax*: the base Adam runs on the dual, 2 numbers per binary weight, so its own "
                                  "work doubles: about 2x the base Adam step (same implementation) is the floor for "
-                                 "these presets, whatever the engine does.")
+                                 "these presets, whatever the engine does. Their pull-back, projection and (md-softmax) "
+                                 "renormalisation run in `proxopt.native`'s C kernels when they are available "
+                                 f"(this run: {speed.get('native', 'not recorded')}); ctypes calls are not torch "
+                                 "operators, so that time is in the `Optimizer.step#MirrorDescent.step` row.")
                 if any(n in prof for n in ("bnn+", "bnn++", "gd-tanh")):
                     notes.append("bnn+ / bnn++ / gd-tanh: B' (sign-Swish' or tanh') needs a sigmoid, an exp per "
                                  "weight, before the base step (bnn++ and gd-tanh one more in F after it); with one "

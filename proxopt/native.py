@@ -42,13 +42,14 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -93,17 +94,18 @@ def _machine_tag() -> str:
     return "|".join(tag)
 
 
-def _compiler_tag(cc: str) -> str:
+def _compiler_tag(cc: List[str]) -> str:
     try:
-        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
-        return out.stdout.splitlines()[0] if out.stdout else cc
+        out = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30)
+        return out.stdout.splitlines()[0] if out.stdout else " ".join(cc)
     except (OSError, subprocess.SubprocessError):
-        return cc
+        return " ".join(cc)
 
 
 def _build() -> ctypes.CDLL:
     """Compile (or reuse from the cache) and load the kernels; raises on any failure."""
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    found = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    cc = shlex.split(found) if found else []  # CC may carry arguments ("ccache gcc")
     if not cc:
         raise RuntimeError("no C compiler found (set CC)")
     source = _SOURCE.read_bytes()
@@ -119,10 +121,10 @@ def _build() -> ctypes.CDLL:
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
             os.close(fd)
             try:
-                res = subprocess.run([cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+                res = subprocess.run([*cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
                                      timeout=120)
                 if res.returncode != 0:
-                    errors.append(f"{cc} {' '.join(arch) or '(default arch)'}: {res.stderr.strip()[-300:]}")
+                    errors.append(f"{found} {' '.join(arch) or '(default arch)'}: {res.stderr.strip()[-300:]}")
                     continue
                 os.replace(tmp, path)  # atomic: concurrent builders each write their own file
             finally:
