@@ -43,7 +43,8 @@ static inline float pow2i(int32_t k) {
 
 /*
  * e^x for x <= 0: x = k ln 2 + r with |r| <= ln(2)/2 and e^x = 2^k e^r, e^r by its Taylor polynomial of
- * degree 7 (truncation error below 6e-9 relative). Results below 2^-126 (x < -87) are 0; NaN stays NaN.
+ * degree 7 (truncation error below 6e-9 relative). For x < -87 (results below about 1.6e-38) it returns 0;
+ * NaN stays NaN.
  */
 static inline float exp_nonpos(float x) {
     float xc = x >= -87.0f ? x : 0.0f;
@@ -111,14 +112,18 @@ static void renorm_range(const args_t *A, long lo, long hi) {
     }
 }
 
+/* q g with q = 1 and q = -1 as a copy and a sign flip (exact even where denormals are flushed), as torch's
+ * copy_ and neg do. */
+static inline float times_level(float q, float x) { return q == 1.0f ? x : (q == -1.0f ? -x : q * x); }
+
 static void pullback_range(const args_t *A, long lo, long hi) {
     const float *g = A->g;
     float *g0 = A->o0, *g1 = A->o1;
     const float q0 = A->a, q1 = A->b;
     for (long i = lo; i < hi; i++) {
         float x = g[i];
-        g0[i] = q0 * x;
-        g1[i] = q1 * x;
+        g0[i] = times_level(q0, x);
+        g1[i] = times_level(q1, x);
     }
 }
 
@@ -128,10 +133,21 @@ typedef void (*range_fn)(const args_t *, long, long);
 
 #define GRAIN 32768L
 
+#if defined(__SSE__) || defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define FP_MODE_GET() _mm_getcsr()
+#define FP_MODE_SET(m) _mm_setcsr(m)
+#else
+#define FP_MODE_GET() 0u
+#define FP_MODE_SET(m) ((void)(m))
+#endif
+
 /* fn over [0, n) in up to `threads` contiguous chunks (multiples of 64 elements). With OpenMP (native.py
- * builds with -fopenmp where the compiler has it) the chunks run on the OpenMP runtime that torch itself
- * loaded (libgomp.so.1 is already in the process), so they share torch's intra-op threads instead of
- * competing with them; without OpenMP they run one after the other. */
+ * builds with -fopenmp where the compiler has it) the chunks run on an OpenMP runtime; built by GCC that is
+ * the libgomp torch itself loaded, so they share torch's intra-op threads instead of competing with them.
+ * Each chunk runs with the calling thread's floating-point mode (torch.set_flush_denormal sets it on the
+ * calling thread only), so a result does not depend on which thread computed it. Without OpenMP the chunks
+ * run one after the other. */
 static void parallel(range_fn fn, const args_t *args, long n, int threads) {
     if (threads > n / GRAIN) threads = (int)(n / GRAIN);
     if (threads <= 1) {
@@ -139,12 +155,18 @@ static void parallel(range_fn fn, const args_t *args, long n, int threads) {
         return;
     }
     long chunk = ((n + threads - 1) / threads + 63) & ~63L;
+    unsigned int mode = FP_MODE_GET();
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
 #endif
     for (int i = 0; i < threads; i++) {
         long lo = i * chunk, hi = lo + chunk < n ? lo + chunk : n;
-        if (lo < hi) fn(args, lo, hi);
+        if (lo < hi) {
+            unsigned int own = FP_MODE_GET();
+            FP_MODE_SET(mode);
+            fn(args, lo, hi);
+            FP_MODE_SET(own);
+        }
     }
 }
 

@@ -28,9 +28,11 @@ environment, the torch operations run instead: the same maps up to rounding.
 Only plain contiguous float32 CPU tensors take the native path; a given
 tensor always takes the same path, so a model written from its latents is
 reproduced bit for bit by writing it again, whatever the number of threads.
-Large tensors are split over ``torch.get_num_threads()`` threads of the
-OpenMP runtime torch loaded (the build links ``-fopenmp`` where the compiler
-has it), so the kernels share torch's intra-op threads.
+Large tensors are split over ``torch.get_num_threads()`` OpenMP threads
+(``-fopenmp`` where the compiler has it; built by GCC they are the threads
+of the ``libgomp`` torch loaded, so the kernels share torch's intra-op
+threads), each running with the calling thread's floating-point mode
+(``torch.set_flush_denormal``).
 
 References:
     [MD] Ajanthan, Gupta, Torr, Hartley, Dokania. Mirror Descent View for
@@ -49,7 +51,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -58,7 +60,7 @@ __all__ = ["available", "status", "sm2_project", "sm2_renorm", "sm2_pullback"]
 
 _VERSION = 1
 _SOURCE = Path(__file__).with_name("native.c")
-_FLAGS = ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
+_FLAGS = ("-O3", "-fPIC", "-shared", "-fno-fast-math", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
 #: tried in order: the machine's vector units and OpenMP threads, then without either
 _ARCH_FLAGS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native",), ())
 
@@ -102,6 +104,53 @@ def _compiler_tag(cc: List[str]) -> str:
         return " ".join(cc)
 
 
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(path: Path) -> bool:
+    """Whether ``path`` is a finished build: its ``.sha256`` record matches its bytes (loading a truncated
+    shared library can crash the process instead of raising)."""
+    record = path.with_suffix(".sha256")
+    try:
+        return record.read_text().strip() == _digest(path)
+    except OSError:
+        return False
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _compile(cc: List[str], flags: Tuple[str, ...], path: Path) -> Optional[str]:
+    """Build ``native.c`` into ``path`` (and its ``.sha256`` record); an error message on failure.
+
+    Concurrent builders each compile into their own temporary file, flushed
+    to disk, and move it into place atomically.
+    """
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    rec = Path(tmp).with_suffix(".sha256")
+    try:
+        res = subprocess.run([*cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+                             timeout=120)
+        if res.returncode != 0:
+            return f"{' '.join(cc)} {' '.join(flags)}: {res.stderr.strip()[-300:]}"
+        data = Path(tmp).read_bytes()
+        _write_synced(Path(tmp), data)
+        _write_synced(rec, hashlib.sha256(data).hexdigest().encode())
+        os.replace(tmp, path)
+        os.replace(rec, path.with_suffix(".sha256"))
+        return None
+    finally:
+        for leftover in (tmp, rec):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+
+
 def _build() -> ctypes.CDLL:
     """Compile (or reuse from the cache) and load the kernels; raises on any failure."""
     found = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
@@ -112,24 +161,17 @@ def _build() -> ctypes.CDLL:
     folder = _cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     errors = []
+    ident = [source, "\0".join(cc).encode(), str(shutil.which(cc[0])).encode(), _compiler_tag(cc).encode(),
+             _machine_tag().encode(), sys.platform.encode()]
     for arch in _ARCH_FLAGS:
         flags = _FLAGS + arch
-        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), _compiler_tag(cc).encode(),
-                                         _machine_tag().encode(), sys.platform.encode()])).hexdigest()[:20]
+        key = hashlib.sha256(b"\0".join(ident + [" ".join(flags).encode()])).hexdigest()[:20]
         path = folder / f"native-{key}.so"
-        if not path.exists():
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-            os.close(fd)
-            try:
-                res = subprocess.run([*cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
-                                     timeout=120)
-                if res.returncode != 0:
-                    errors.append(f"{found} {' '.join(arch) or '(default arch)'}: {res.stderr.strip()[-300:]}")
-                    continue
-                os.replace(tmp, path)  # atomic: concurrent builders each write their own file
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        if not (path.exists() and _intact(path)):  # missing, or a build that did not finish: (re)build
+            problem = _compile(cc, flags, path)
+            if problem is not None:
+                errors.append(problem)
+                continue
         try:
             lib = ctypes.CDLL(str(path))
         except OSError as e:
@@ -183,6 +225,25 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
     lib.proxopt_sm2_pullback(g.data_ptr(), g0.data_ptr(), g1.data_ptr(), n, -1.0, 0.5, 1)
     if not (torch.equal(g0, -g) and torch.equal(g1, g * 0.5)):
         return "pull-back check failed"
+    # NaN propagates (a build with finite-only maths would drop it)
+    nan = torch.full((37,), float("nan"))
+    w = torch.empty(37)
+    lib.proxopt_sm2_project(nan.data_ptr(), t1[:37].contiguous().data_ptr(), w.data_ptr(), 37, beta, -1.0, 2.0, 1)
+    r0, r1 = nan.clone(), t1[:37].clone()
+    lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), 37, beta, floor, 1)
+    if not (bool(w.isnan().all()) and bool(r0.isnan().all()) and bool(r1.isnan().all())):
+        return "NaN check failed"
+    # each result depends on its own inputs only: shifting the elements across vector lanes changes nothing
+    w = torch.empty(n)
+    lib.proxopt_sm2_project(t0.data_ptr(), t1.data_ptr(), w.data_ptr(), n, beta, -1.0, 2.0, 1)
+    r0, r1 = t0.clone(), t1.clone()
+    lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), n, beta, floor, 1)
+    for k in (1, 3, 7):
+        a0, a1, wk = t0[k:].clone(), t1[k:].clone(), torch.empty(n - k)
+        lib.proxopt_sm2_project(a0.data_ptr(), a1.data_ptr(), wk.data_ptr(), n - k, beta, -1.0, 2.0, 1)
+        lib.proxopt_sm2_renorm(a0.data_ptr(), a1.data_ptr(), n - k, beta, floor, 1)
+        if not (torch.equal(wk, w[k:]) and torch.equal(a0, r0[k:]) and torch.equal(a1, r1[k:])):
+            return "per-element check failed (results depend on the position in a vector)"
     return None
 
 
@@ -221,12 +282,14 @@ def status() -> str:
 
 
 def _ok(n: int, *ts: Tensor) -> bool:
-    """Whether every tensor is a plain contiguous float32 CPU tensor of ``n`` elements (the kernels' input)."""
+    """Whether every tensor is a plain contiguous float32 CPU tensor of ``n`` elements (the kernels' input) and
+    no two of them overlap (the torch path refuses to write into overlapping memory)."""
     f32 = torch.float32
     for t in ts:
         if type(t) not in _PLAIN or not t.is_cpu or t.dtype is not f32 or not t.is_contiguous() or t.numel() != n:
             return False
-    return True
+    starts = sorted(t.data_ptr() for t in ts)
+    return all(b - a >= 4 * n for a, b in zip(starts, starts[1:]))
 
 
 def _threads(n: int) -> int:

@@ -231,3 +231,65 @@ def test_unwritable_cache_falls_back(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith("torch ("), out.stdout
+
+
+def test_overlapping_tensors_take_the_torch_path():
+    base = torch.randn(2, 64)
+    assert not native.sm2_renorm(base[0], base[0], 1.0, -87.0)  # one column twice
+    flat = torch.randn(100)
+    assert not native.sm2_project(flat[:64], flat[1:65], flat[36:100], 1.0, -1.0, 2.0)
+    assert not native.sm2_pullback(flat[:50], flat[50:100], flat[25:75], -1.0, 1.0)
+
+
+@needs_native
+def test_flushed_denormals_alike_in_every_thread():
+    """torch.set_flush_denormal sets the calling thread's mode; the kernels' workers run with it too."""
+    n = 300_000
+    tiny = torch.full((2, n), 3e-39)
+    tiny[1] *= -1
+    tiny[:, ::2] = torch.randn(2, n // 2)
+    outs = []
+    prev_threads = torch.get_num_threads()
+    try:
+        torch.set_flush_denormal(True)
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            r = tiny.clone()
+            g0, g1 = torch.empty(n), torch.empty(n)
+            assert native.sm2_renorm(r[0], r[1], 1e-3, _dual_floor(torch.float32, 1e-3))
+            assert native.sm2_pullback(tiny[0], g0, g1, -1.0, 1.0)
+            outs.append((r, g0, g1))
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(prev_threads)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+    assert torch.equal(outs[0][2], tiny[0]) and torch.equal(outs[0][1], -tiny[0])  # a copy and a sign flip
+
+
+def _build_in_subprocess(env_update, cache):
+    env = dict(os.environ, PROXOPT_CACHE=str(cache), **env_update)
+    code = "import proxopt; print(proxopt.native.status())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+@needs_native
+def test_a_build_cut_short_is_rebuilt(tmp_path):
+    first = _build_in_subprocess({}, tmp_path)
+    assert first.startswith("native ("), first
+    lib = next(tmp_path.glob("native-*.so"))
+    whole = lib.read_bytes()
+    lib.write_bytes(whole[:4096])  # loading this would crash the interpreter
+    assert _build_in_subprocess({}, tmp_path) == first
+    assert lib.read_bytes() == whole
+
+
+@needs_native
+def test_compiler_arguments_are_part_of_the_key(tmp_path):
+    cc = os.environ.get("CC") or "cc"
+    plain = _build_in_subprocess({"CC": cc}, tmp_path)
+    fast = _build_in_subprocess({"CC": f"{cc} -ffast-math"}, tmp_path)
+    assert plain.startswith("native (") and fast.startswith("native (")  # -fno-fast-math follows CC's arguments
+    assert plain != fast
