@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shlex
@@ -212,7 +213,7 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
     if not bool(((w.double() - ref).abs() <= 8 * 2.0 ** -23).all()):
         return "projection check failed"
     r0, r1 = t0.clone(), t1.clone()
-    floor = float(torch.tensor(-87.33654475055310898657, dtype=torch.float32) / beta)
+    floor = float(torch.tensor(math.log(torch.finfo(torch.float32).tiny), dtype=torch.float32) / beta)
     lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), n, beta, floor, 1)
     sp = torch.nn.functional.softplus
     e1 = (-sp(-zz) / beta).clamp_min(floor)
