@@ -127,6 +127,42 @@ static void pullback_range(const args_t *A, long lo, long hi) {
     }
 }
 
+/*
+ * Sign-Swish [BNN+], x = mu theta, e = e^-|x|:
+ *   SS(x)  = 2 swish'(x) - 1 = sign(x) [(1 - e)/(1 + e) + 2 |x| e / (1 + e)^2]        (no cancellation)
+ *   SS'(x) = 4 e / (1 + e)^2 [1 - (|x|/2) (1 - e)/(1 + e)]                              (even)
+ * and the latent gradient mu SS'(mu theta) g. Where e underflows (|x| > 87) SS' is below 1e-36 |x| and
+ * is returned as 0.
+ */
+static void ss_value_range(const args_t *A, long lo, long hi) {
+    const float *t = A->t0;
+    float *out = A->o0;
+    const float mu = A->beta;
+    for (long i = lo; i < hi; i++) {
+        float x = t[i] * mu;
+        float a = fabsf(x);
+        float e = exp_nonpos(-a);
+        float r = 1.0f / (1.0f + e);
+        float v = e == 0.0f ? 1.0f : MADD((1.0f - e), r, 2.0f * a * e * r * r);
+        out[i] = x < 0.0f ? -v : v;
+    }
+}
+
+static void ss_grad_range(const args_t *A, long lo, long hi) {
+    const float *t = A->t0, *g = A->g;
+    float *out = A->o0;
+    const float mu = A->beta;
+    for (long i = lo; i < hi; i++) {
+        float x = t[i] * mu;
+        float a = fabsf(x);
+        float e = exp_nonpos(-a);
+        float r = 1.0f / (1.0f + e);
+        float c = 1.0f - 0.5f * a * ((1.0f - e) * r);
+        float d = mu * (4.0f * e * r * r) * c;
+        out[i] = (e == 0.0f ? 0.0f : d) * g[i];
+    }
+}
+
 /* ------------------------------------------------------------------ threads */
 
 typedef void (*range_fn)(const args_t *, long, long);
@@ -191,5 +227,17 @@ void proxopt_sm2_pullback(const float *g, float *g0, float *g1, long n, float q0
     parallel(pullback_range, &A, n, threads);
 }
 
+/* out = SS(mu theta) */
+void proxopt_ss_value(const float *theta, float *out, long n, float mu, int threads) {
+    args_t A = {theta, NULL, NULL, out, NULL, mu, 0.0f, 0.0f, 0.0f, 0.0f};
+    parallel(ss_value_range, &A, n, threads);
+}
+
+/* out = mu SS'(mu theta) g */
+void proxopt_ss_grad(const float *theta, const float *g, float *out, long n, float mu, int threads) {
+    args_t A = {theta, NULL, g, out, NULL, mu, 0.0f, 0.0f, 0.0f, 0.0f};
+    parallel(ss_grad_range, &A, n, threads);
+}
+
 /* the interface version native.py checks */
-int proxopt_native_version(void) { return 1; }
+int proxopt_native_version(void) { return 2; }

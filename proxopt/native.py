@@ -1,4 +1,4 @@
-"""Optional native CPU kernels for the two-level softmax dual (mirror descent, THEORY.md §5).
+"""Optional native CPU kernels: the two-level softmax dual (mirror descent, THEORY.md §5) and sign-Swish (§2).
 
 The softmax map's hot loops on a binary dual ``(theta_0, theta_1)`` per
 weight, with ``z = beta (theta_1 - theta_0)`` and levels ``(q_0, q_1)``:
@@ -11,10 +11,18 @@ weight, with ``z = beta (theta_1 - theta_0)`` and levels ``(q_0, q_1)``:
 
 (projection [MD]; the primal form's log-partition renormalisation
 ``theta_j - LSE(beta theta)/beta``, floored at ``f = log(tiny)/beta``;
-the mirror-descent pull-back). As torch operations each is several passes
-over memory with one or two transcendental kernels; ``native.c`` does each
-in one vectorized pass, with its own exponential and ``log1p`` (range
-reduction and polynomials, within a few ulp).
+the mirror-descent pull-back), and BNN+/BNN++'s sign-Swish with
+``x = mu theta``, ``e = exp(-|x|)``:
+
+.. math::
+    SS(x) = \\mathrm{sign}(x)\\left[\\frac{1-e}{1+e} + \\frac{2|x|e}{(1+e)^2}\\right],\\qquad
+    \\frac{d}{d\\theta} SS(\\mu\\theta) = \\mu\\frac{4e}{(1+e)^2}
+    \\left[1 - \\frac{|x|}{2}\\frac{1-e}{1+e}\\right]
+
+(the forward of BNN++ and the backward ``B'`` of both). As torch operations
+each is several passes over memory with one or two transcendental kernels;
+``native.c`` does each in one vectorized pass, with its own exponential and
+``log1p`` (range reduction and polynomials, within a few ulp).
 
 The source ships with the package and is compiled on first use with the
 system C compiler (``$CC``, else ``cc``), ``-O3`` for the machine it runs on,
@@ -37,6 +45,8 @@ threads), each running with the calling thread's floating-point mode
 References:
     [MD] Ajanthan, Gupta, Torr, Hartley, Dokania. Mirror Descent View for
     Neural Network Quantization. AISTATS 2021.
+    [BNN+] Darabi, Belbahri, Courbariaux, Partovi Nia. BNN+: Improved Binary
+    Network Training. 2018.
 """
 from __future__ import annotations
 
@@ -57,9 +67,9 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["available", "status", "sm2_project", "sm2_renorm", "sm2_pullback"]
+__all__ = ["available", "status", "sm2_project", "sm2_renorm", "sm2_pullback", "sign_swish", "sign_swish_grad"]
 
-_VERSION = 1
+_VERSION = 2
 _SOURCE = Path(__file__).with_name("native.c")
 _FLAGS = ("-O3", "-fPIC", "-shared", "-fno-fast-math", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
 #: tried in order: the machine's vector units and OpenMP threads, then without either
@@ -191,7 +201,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.proxopt_sm2_project.argtypes = [P, P, P, N, F, F, F, I]
     lib.proxopt_sm2_renorm.argtypes = [P, P, N, F, F, I]
     lib.proxopt_sm2_pullback.argtypes = [P, P, P, N, F, F, I]
-    for fn in (lib.proxopt_sm2_project, lib.proxopt_sm2_renorm, lib.proxopt_sm2_pullback):
+    lib.proxopt_ss_value.argtypes = [P, P, N, F, I]
+    lib.proxopt_ss_grad.argtypes = [P, P, P, N, F, I]
+    for fn in (lib.proxopt_sm2_project, lib.proxopt_sm2_renorm, lib.proxopt_sm2_pullback, lib.proxopt_ss_value,
+               lib.proxopt_ss_grad):
         fn.restype = None
     lib.proxopt_native_version.restype = ctypes.c_int
     lib.proxopt_native_version.argtypes = []
@@ -226,13 +239,30 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
     lib.proxopt_sm2_pullback(g.data_ptr(), g0.data_ptr(), g1.data_ptr(), n, -1.0, 0.5, 1)
     if not (torch.equal(g0, -g) and torch.equal(g1, g * 0.5)):
         return "pull-back check failed"
+    # sign-Swish against its float64 formulas
+    x = torch.cat([z.float(), torch.tensor([1e-38, 2.3994, -2.3994])])
+    m = x.numel()
+    ss, dg, ones = torch.empty(m), torch.empty(m), torch.ones(m)  # tensors live across the calls
+    lib.proxopt_ss_value(x.data_ptr(), ss.data_ptr(), m, beta, 1)
+    lib.proxopt_ss_grad(x.data_ptr(), ones.data_ptr(), dg.data_ptr(), m, beta, 1)
+    xd = x.double() * float(torch.tensor(beta, dtype=torch.float32))
+    sig = torch.sigmoid(xd)
+    ref_v = (2 * sig * (1 + xd * (1 - sig)) - 1).where(xd.abs() < 700, xd.sign())
+    y = xd / 2
+    ref_d = (beta * (1 - y * torch.tanh(y)) * (1 - torch.tanh(y) ** 2)).where(xd.abs() < 700, torch.zeros_like(xd))
+    if not (bool(((ss.double() - ref_v).abs() <= 8 * 2.0 ** -23).all())
+            and bool(((dg.double() - ref_d).abs() <= 16 * 2.0 ** -23 * beta).all())):
+        return "sign-Swish check failed"
     # NaN propagates (a build with finite-only maths would drop it)
-    nan = torch.full((37,), float("nan"))
+    nan, other = torch.full((37,), float("nan")), t1[:37].clone()
     w = torch.empty(37)
-    lib.proxopt_sm2_project(nan.data_ptr(), t1[:37].contiguous().data_ptr(), w.data_ptr(), 37, beta, -1.0, 2.0, 1)
+    lib.proxopt_sm2_project(nan.data_ptr(), other.data_ptr(), w.data_ptr(), 37, beta, -1.0, 2.0, 1)
     r0, r1 = nan.clone(), t1[:37].clone()
     lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), 37, beta, floor, 1)
-    if not (bool(w.isnan().all()) and bool(r0.isnan().all()) and bool(r1.isnan().all())):
+    v, d = torch.empty(37), torch.empty(37)
+    lib.proxopt_ss_value(nan.data_ptr(), v.data_ptr(), 37, beta, 1)
+    lib.proxopt_ss_grad(nan.data_ptr(), other.data_ptr(), d.data_ptr(), 37, beta, 1)
+    if not all(bool(t.isnan().all()) for t in (w, r0, r1, v, d)):
         return "NaN check failed"
     # each result depends on its own inputs only: shifting the elements across vector lanes changes nothing
     w = torch.empty(n)
@@ -325,4 +355,28 @@ def sm2_pullback(g: Tensor, g0: Tensor, g1: Tensor, q0: float, q1: float) -> boo
     if lib is None or not _ok(n, g, g0, g1):
         return False
     lib.proxopt_sm2_pullback(g.data_ptr(), g0.data_ptr(), g1.data_ptr(), n, q0, q1, _threads(n))
+    return True
+
+
+def sign_swish(theta: Tensor, out: Tensor, mu: float) -> bool:
+    """``out = SS_mu(theta) = 2 swish'(mu theta) - 1`` [BNN+] natively, as
+    ``sign(x) [(1 - e)/(1 + e) + 2|x| e/(1 + e)^2]`` with ``x = mu theta``, ``e = exp(-|x|)``;
+    False (nothing done) where the torch path must run."""
+    lib = _lib if _state is not None else _load()
+    n = out.numel()
+    if lib is None or not _ok(n, theta, out):
+        return False
+    lib.proxopt_ss_value(theta.data_ptr(), out.data_ptr(), n, mu, _threads(n))
+    return True
+
+
+def sign_swish_grad(theta: Tensor, g: Tensor, out: Tensor, mu: float) -> bool:
+    """``out = mu SS'(mu theta) g`` [BNN+] natively, with
+    ``SS'(x) = 4e/(1 + e)^2 [1 - (|x|/2)(1 - e)/(1 + e)]``, ``e = exp(-|x|)`` (0 where ``e`` underflows);
+    False (nothing done) where the torch path must run."""
+    lib = _lib if _state is not None else _load()
+    n = out.numel()
+    if lib is None or not _ok(n, theta, g, out):
+        return False
+    lib.proxopt_ss_grad(theta.data_ptr(), g.data_ptr(), out.data_ptr(), n, mu, _threads(n))
     return True

@@ -31,6 +31,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import native
 from .levels import BINARY, LevelsSpec, levels_tensor, make_levels, nearest, nearest_index
 
 _CONSTS: dict = {}
@@ -446,10 +447,16 @@ class SignSwish(Quantizer):
         :meth:`value`'s, bit for bit. The kernel agrees with :meth:`value` to
         about ``|mu theta|`` ulp of 1 before sigma saturates (``1 - sigma``
         cancels as ``sigma -> 1``), at most a few dozen ulp, for finite ``mu theta``
-        (where ``mu theta`` overflows to inf the kernel gives NaN).
+        (where ``mu theta`` overflows to inf the kernel gives NaN). Plain
+        contiguous float32 CPU tensors take one pass of
+        :func:`proxopt.native.sign_swish` instead (``sign(x) [(1 - e)/(1 + e) +
+        2|x| e/(1 + e)^2]``, ``e = exp(-|x|)``, within a few ulp of 1; ``sign(x)``
+        where ``x`` overflows).
         """
         if scratch is None:
             return out.copy_(self.value(theta, mu))
+        if native.sign_swish(theta, out, mu):
+            return out
         x = theta if mu == 1.0 else torch.mul(theta, mu, out=out)
         return torch.ops.aten.silu_backward.grad_input(_full(2.0, theta), x, grad_input=out).sub_(1.0)
 
@@ -473,10 +480,14 @@ class SignSwish(Quantizer):
         (``addcmul``) and the scale ``4 mu``. The error against the exact value is
         the same either way (a few ulp, growing with ``|mu theta|`` as in
         :meth:`value_into`). For ``|theta|`` below half the dtype's largest value
-        (``theta (1 - 2s)`` overflows beyond); latents never get near it.
+        (``theta (1 - 2s)`` overflows beyond); latents never get near it. Plain
+        contiguous float32 CPU tensors take one pass of
+        :func:`proxopt.native.sign_swish_grad` instead.
         """
         if scratch is None:
             return super().grad_into(theta, g, mu, out)
+        if native.sign_swish_grad(theta, g, out, mu):
+            return out
         s = sigmoid_into(theta, mu, scratch)
         torch.ops.aten.sigmoid_backward.grad_input(g, s, grad_input=out)
         h = torch.addcmul(theta, theta, s, value=-2.0, out=s)

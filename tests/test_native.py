@@ -293,3 +293,97 @@ def test_compiler_arguments_are_part_of_the_key(tmp_path):
     fast = _build_in_subprocess({"CC": f"{cc} -ffast-math"}, tmp_path)
     assert plain.startswith("native (") and fast.startswith("native (")  # -fno-fast-math follows CC's arguments
     assert plain != fast
+
+
+def ref_sign_swish(theta, mu):
+    x = theta.double() * float(torch.tensor(mu, dtype=torch.float32))
+    s = torch.sigmoid(x)
+    value = (2 * s * (1 + x * (1 - s)) - 1).where(x.abs() < 700, x.sign())
+    y = x / 2
+    grad = (mu * (1 - y * torch.tanh(y)) * (1 - torch.tanh(y) ** 2)).where(x.abs() < 700, torch.zeros_like(x))
+    return value, grad
+
+
+@needs_native
+@pytest.mark.parametrize("mu", [1.0, 0.37, 5.0, 100.0])
+def test_sign_swish_matches_the_torch_path(mu, monkeypatch):
+    from proxopt.quantizers import SignSwish
+    q = SignSwish()
+    theta = torch.cat([torch.randn(5000) * s for s in (0.01, 1.0, 30.0)] + [torch.tensor([0.0, -0.0, 1e30, -1e30])])
+    g = torch.randn(theta.numel())
+    v_nat, d_nat = torch.empty_like(theta), torch.empty_like(theta)
+    q.value_into(theta, mu, v_nat, torch.empty_like(theta))
+    q.grad_into(theta, g, mu, d_nat, torch.empty_like(theta))
+    ref_v, ref_d = ref_sign_swish(theta, mu)
+    assert (v_nat.double() - ref_v).abs().max() <= 8 * EPS
+    assert bool(((d_nat.double() - ref_d * g.double()).abs() <= 16 * EPS * mu * g.double().abs()).all())
+    for name in ("sign_swish", "sign_swish_grad"):
+        monkeypatch.setattr(native, name, lambda *a, **k: False)
+    v_t, d_t = torch.empty_like(theta), torch.empty_like(theta)
+    q.value_into(theta, mu, v_t, torch.empty_like(theta))
+    q.grad_into(theta, g, mu, d_t, torch.empty_like(theta))
+    finite = theta.abs() < 1e29  # the torch kernels give NaN where mu theta overflows
+    assert (v_nat - v_t)[finite].abs().max() <= 64 * EPS
+    assert bool(((d_nat - d_t)[finite].abs() <= 64 * EPS * mu * g[finite].abs()).all())
+
+
+@needs_native
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e4, 1e4, width=32, allow_subnormal=False), min_size=1, max_size=80),
+       st.floats(1e-3, 1e3))
+def test_sign_swish_property(values, mu):
+    """SS within a few ulp of 1 and mu SS' within a few ulp of mu of their float64 formulas; SS odd, SS' even,
+    |SS| <= 1 + 2 * 0.28 (its maximum is about 1.1)."""
+    theta = torch.tensor(values, dtype=torch.float32)
+    v, d = torch.empty_like(theta), torch.empty_like(theta)
+    assert native.sign_swish(theta, v, mu) and native.sign_swish_grad(theta, torch.ones_like(theta), d, mu)
+    ref_v, ref_d = ref_sign_swish(theta, mu)
+    assert (v.double() - ref_v).abs().max() <= 8 * EPS
+    assert (d.double() - ref_d).abs().max() <= 16 * EPS * mu
+    vm, dm = torch.empty_like(theta), torch.empty_like(theta)
+    assert native.sign_swish(-theta, vm, mu) and native.sign_swish_grad(-theta, torch.ones_like(theta), dm, mu)
+    assert torch.equal(vm, -v) and torch.equal(dm, d)
+    assert bool((v.abs() <= 1.2).all())
+
+
+@needs_native
+def test_sign_swish_per_element_and_threads():
+    theta = torch.randn(300_001) * 4
+    g = torch.randn(300_001)
+    prev = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            v, d = torch.empty_like(theta), torch.empty_like(theta)
+            assert native.sign_swish(theta, v, 2.5) and native.sign_swish_grad(theta, g, d, 2.5)
+            outs.append((v, d))
+    finally:
+        torch.set_num_threads(prev)
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+    v, d = outs[0]
+    for lo, hi in ((1, 40), (3, 300_001), (17, 18)):
+        vp, dp = torch.empty(hi - lo), torch.empty(hi - lo)
+        assert native.sign_swish(theta[lo:hi].clone(), vp, 2.5)
+        assert native.sign_swish_grad(theta[lo:hi].clone(), g[lo:hi].clone(), dp, 2.5)
+        assert torch.equal(vp, v[lo:hi]) and torch.equal(dp, d[lo:hi])
+
+
+@pytest.mark.parametrize("preset", ["bnn+", "bnn++"])
+def test_sign_swish_optimizer_steps_agree_with_the_torch_path(preset, monkeypatch):
+    def run():
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(64, 32)
+        opt = proxopt.optimizer(preset, lin.parameters(), lr=0.01)
+        x, y = torch.randn(16, 64), torch.randn(16, 32)
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(lin(x), y).backward()
+            opt.step()
+        return lin.weight.detach().clone(), opt.state[lin.weight]["latent"].clone()
+    w_native, lat_native = run()
+    for name in ("sign_swish", "sign_swish_grad"):
+        monkeypatch.setattr(native, name, lambda *a, **k: False)
+    w_torch, lat_torch = run()
+    assert torch.allclose(w_native, w_torch, rtol=0, atol=1e-5)
+    assert torch.allclose(lat_native, lat_torch, rtol=0, atol=1e-5)
