@@ -269,11 +269,19 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
     lib.proxopt_sm2_project(t0.data_ptr(), t1.data_ptr(), w.data_ptr(), n, beta, -1.0, 2.0, 1)
     r0, r1 = t0.clone(), t1.clone()
     lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), n, beta, floor, 1)
+    g = torch.linspace(-1, 1, n)
+    v, d = torch.empty(n), torch.empty(n)
+    lib.proxopt_ss_value(t1.data_ptr(), v.data_ptr(), n, beta, 1)
+    lib.proxopt_ss_grad(t1.data_ptr(), g.data_ptr(), d.data_ptr(), n, beta, 1)
     for k in (1, 3, 7):
         a0, a1, wk = t0[k:].clone(), t1[k:].clone(), torch.empty(n - k)
         lib.proxopt_sm2_project(a0.data_ptr(), a1.data_ptr(), wk.data_ptr(), n - k, beta, -1.0, 2.0, 1)
         lib.proxopt_sm2_renorm(a0.data_ptr(), a1.data_ptr(), n - k, beta, floor, 1)
-        if not (torch.equal(wk, w[k:]) and torch.equal(a0, r0[k:]) and torch.equal(a1, r1[k:])):
+        same = torch.equal(wk, w[k:]) and torch.equal(a0, r0[k:]) and torch.equal(a1, r1[k:])
+        x, gk, vk, dk = t1[k:].clone(), g[k:].clone(), torch.empty(n - k), torch.empty(n - k)
+        lib.proxopt_ss_value(x.data_ptr(), vk.data_ptr(), n - k, beta, 1)
+        lib.proxopt_ss_grad(x.data_ptr(), gk.data_ptr(), dk.data_ptr(), n - k, beta, 1)
+        if not (same and torch.equal(vk, v[k:]) and torch.equal(dk, d[k:])):
             return "per-element check failed (results depend on the position in a vector)"
     return None
 
