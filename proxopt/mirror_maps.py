@@ -645,9 +645,10 @@ class Softmax(MirrorMap):
         :func:`proxopt.native.sm2_pullback` (the same products).
         """
         cols = out.unbind(-1)
-        if len(cols) == 2 and native.sm2_pullback(grad, cols[0], cols[1], *levels_tensor(self.levels, theta).tolist()):
+        q = levels_tensor(self.levels, theta).tolist()
+        if len(cols) == 2 and native.sm2_pullback(grad, cols[0], cols[1], *q):
             return out
-        for qj, c in zip(levels_tensor(self.levels, theta).tolist(), cols):
+        for qj, c in zip(q, cols):
             if qj == 1.0:
                 c.copy_(grad)
             elif qj == -1.0:

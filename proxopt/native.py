@@ -337,7 +337,7 @@ def _threads(n: int) -> int:
 
 def sm2_project(t0: Tensor, t1: Tensor, out: Tensor, beta: float, a: float, b: float) -> bool:
     """``out = a + b sigma(beta (t1 - t0))`` natively; False (nothing done) where the torch path must run."""
-    lib = _lib if _state is not None else _load()
+    lib = _load()
     n = out.numel()
     if lib is None or not _ok(n, t0, t1, out):
         return False
@@ -348,7 +348,7 @@ def sm2_project(t0: Tensor, t1: Tensor, out: Tensor, beta: float, a: float, b: f
 def sm2_renorm(t0: Tensor, t1: Tensor, beta: float, floor: float) -> bool:
     """``t1 <- max(-softplus(-z)/beta, floor)``, ``t0 <- max(-softplus(z)/beta, floor)`` with
     ``z = beta (t1 - t0)``, in place, natively; False (nothing done) where the torch path must run."""
-    lib = _lib if _state is not None else _load()
+    lib = _load()
     n = t0.numel()
     if lib is None or not _ok(n, t0, t1):
         return False
@@ -358,7 +358,7 @@ def sm2_renorm(t0: Tensor, t1: Tensor, beta: float, floor: float) -> bool:
 
 def sm2_pullback(g: Tensor, g0: Tensor, g1: Tensor, q0: float, q1: float) -> bool:
     """``g0 = q0 g``, ``g1 = q1 g`` natively (bit for bit the torch result); False where torch must run."""
-    lib = _lib if _state is not None else _load()
+    lib = _load()
     n = g.numel()
     if lib is None or not _ok(n, g, g0, g1):
         return False
@@ -370,7 +370,7 @@ def sign_swish(theta: Tensor, out: Tensor, mu: float) -> bool:
     """``out = SS_mu(theta) = 2 swish'(mu theta) - 1`` [BNN+] natively, as
     ``sign(x) [(1 - e)/(1 + e) + 2|x| e/(1 + e)^2]`` with ``x = mu theta``, ``e = exp(-|x|)``;
     False (nothing done) where the torch path must run."""
-    lib = _lib if _state is not None else _load()
+    lib = _load()
     n = out.numel()
     if lib is None or not _ok(n, theta, out):
         return False
@@ -382,7 +382,7 @@ def sign_swish_grad(theta: Tensor, g: Tensor, out: Tensor, mu: float) -> bool:
     """``out = mu SS'(mu theta) g`` [BNN+] natively, with
     ``SS'(x) = 4e/(1 + e)^2 [1 - (|x|/2)(1 - e)/(1 + e)]``, ``e = exp(-|x|)`` (0 where ``e`` underflows);
     False (nothing done) where the torch path must run."""
-    lib = _lib if _state is not None else _load()
+    lib = _load()
     n = out.numel()
     if lib is None or not _ok(n, theta, g, out):
         return False

@@ -182,21 +182,24 @@ def test_kernels_property(values, beta):
     assert bool(((w2 - w).abs()[keep] <= 64 * EPS * (1 + z[keep])).all())
 
 
+def three_steps(preset, lr):
+    """Weights and latent of a linear layer after three steps of ``preset`` (fixed seed)."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32)
+    opt = proxopt.optimizer(preset, lin.parameters(), lr=lr)
+    x, y = torch.randn(16, 64), torch.randn(16, 32)
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(lin(x), y).backward()
+        opt.step()
+    return lin.weight.detach().clone(), opt.state[lin.weight]["latent"].clone()
+
+
 @pytest.mark.parametrize("preset", ["md-softmax", "md-softmax-s"])
 def test_optimizer_steps_agree_with_the_torch_path(preset, torch_path):
-    def run():
-        torch.manual_seed(0)
-        lin = torch.nn.Linear(64, 32)
-        opt = proxopt.optimizer(preset, lin.parameters(), lr=0.05)
-        x, y = torch.randn(16, 64), torch.randn(16, 32)
-        for _ in range(3):
-            opt.zero_grad()
-            torch.nn.functional.mse_loss(lin(x), y).backward()
-            opt.step()
-        return lin.weight.detach().clone(), opt.state[lin.weight]["latent"].clone()
-    w_native, lat_native = run()
+    w_native, lat_native = three_steps(preset, 0.05)
     torch_path()
-    w_torch, lat_torch = run()
+    w_torch, lat_torch = three_steps(preset, 0.05)
     assert torch.allclose(w_native, w_torch, rtol=0, atol=1e-5)
     assert torch.allclose(lat_native, lat_torch, rtol=0, atol=1e-5 * (1 + lat_torch.abs().max().item()))
 
@@ -371,19 +374,9 @@ def test_sign_swish_per_element_and_threads():
 
 @pytest.mark.parametrize("preset", ["bnn+", "bnn++"])
 def test_sign_swish_optimizer_steps_agree_with_the_torch_path(preset, monkeypatch):
-    def run():
-        torch.manual_seed(0)
-        lin = torch.nn.Linear(64, 32)
-        opt = proxopt.optimizer(preset, lin.parameters(), lr=0.01)
-        x, y = torch.randn(16, 64), torch.randn(16, 32)
-        for _ in range(3):
-            opt.zero_grad()
-            torch.nn.functional.mse_loss(lin(x), y).backward()
-            opt.step()
-        return lin.weight.detach().clone(), opt.state[lin.weight]["latent"].clone()
-    w_native, lat_native = run()
+    w_native, lat_native = three_steps(preset, 0.01)
     for name in ("sign_swish", "sign_swish_grad"):
         monkeypatch.setattr(native, name, lambda *a, **k: False)
-    w_torch, lat_torch = run()
+    w_torch, lat_torch = three_steps(preset, 0.01)
     assert torch.allclose(w_native, w_torch, rtol=0, atol=1e-5)
     assert torch.allclose(lat_native, lat_torch, rtol=0, atol=1e-5)
