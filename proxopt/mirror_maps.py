@@ -114,7 +114,7 @@ class MirrorMap:
         in floating point it is what the saturation of ``P_beta`` does to
         ``theta``. This default runs the round trip; maps override it with
         the equivalent cheap form (:class:`Tanh`: a clamp, :class:`Softmax`:
-        the log-partition renormalisation). ``scratch`` is an optional
+        the shift to a largest entry of 0). ``scratch`` is an optional
         workspace of ``theta``'s shape.
         """
         return theta.copy_(self.to_dual(self.to_primal(theta, beta), beta))
@@ -131,10 +131,11 @@ class MirrorMap:
         .. math:: P_{new}^{-1}(P_{old}(\\theta)) = \\tfrac{old}{new}\\,P_{old}^{-1}(P_{old}(\\theta)),
 
         i.e. :meth:`renormalize_` at ``old`` followed by one multiply: no
-        transcendental passes for tanh (a clamp and a scale), none beyond the
-        log-partition for softmax. Equal to ``to_dual(to_primal(theta, old),
-        new)`` up to rounding (THEORY.md §5, primal form [MD]). Other maps run
-        that round trip.
+        transcendental passes (a clamp and a scale for tanh, a shift, a floor
+        and a scale for softmax). Equal to ``to_dual(to_primal(theta, old),
+        new)`` up to rounding (for softmax to :meth:`Softmax.reencode`, the
+        dual of the same point with largest entry 0; THEORY.md §5, primal
+        form [MD]). Other maps run that round trip.
         """
         if old == new:
             return self.renormalize_(theta, old, scratch)
@@ -444,8 +445,10 @@ class Softmax(MirrorMap):
     def _column_max(theta: Tensor, out: Tensor) -> Tensor:
         """``out = max_j theta_j`` by ``d - 1`` elementwise passes over the columns (NaN propagates)."""
         cols = theta.unbind(-1)
-        out.copy_(cols[0])
-        for c in cols[1:]:
+        if len(cols) == 1:
+            return out.copy_(cols[0])
+        torch.maximum(cols[0], cols[1], out=out)
+        for c in cols[2:]:
             torch.maximum(out, c, out=out)
         return out
 
@@ -500,89 +503,56 @@ class Softmax(MirrorMap):
         return torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)) / beta
 
     def reencode(self, theta: Tensor, old: float, new: float) -> Tensor:
-        """``to_dual(to_simplex(theta, old), new)``: the primal form's recomputed dual.
+        """``to_dual(u / max_k u_k, new)`` with ``u = to_simplex(theta, old)``: the primal form's recomputed dual.
 
-        For two levels ``log u_j = logsigmoid(old (theta_j - theta_other))``
-        (no softmax over a size-2 dimension), floored at ``log(tiny)`` as
-        :meth:`to_dual` floors ``u`` at ``tiny``.
+        The dual of the kept simplex point whose largest entry is 0,
+        ``log(u_j / max_k u_k) / new`` floored at ``log(tiny)/new`` (see
+        :meth:`renormalize_`), computed through ``u`` (the reference the
+        in-place forms are tested against).
         """
-        if theta.shape[-1] != 2:
-            return self.to_dual(self.to_simplex(theta, old), new)
-        floor = math.log(torch.finfo(theta.dtype).tiny)
-        t0, t1 = theta.unbind(-1)
-        diff = (t1 - t0).mul_(old)
-        out = torch.empty_like(theta)
-        torch.nn.functional.logsigmoid(diff, out=out[..., 1])
-        torch.nn.functional.logsigmoid(diff.neg_(), out=out[..., 0])
-        return out.clamp_min_(floor).div_(new)
+        u = self.to_simplex(theta, old)
+        return self.to_dual(u / u.amax(-1, keepdim=True), new)
 
     def renormalize_(self, theta: Tensor, beta: float, scratch: Optional[Tensor] = None) -> Tensor:
-        """Primal form at fixed ``beta``: ``theta_j <- max(theta_j - LSE(beta theta)/beta, log(tiny)/beta)``.
+        """Primal form at fixed ``beta``: ``theta_j <- max(theta_j - max_k theta_k, log(tiny)/beta)``, in place.
 
         The primal form keeps the simplex point ``u = softmax(beta theta)``
-        and recomputes ``theta = log(u)/beta`` from it after every step
-        (THEORY.md §5). At a fixed ``beta``,
-        ``log softmax(beta theta)_j / beta = theta_j - LSE(beta theta)/beta``
-        with ``LSE(x) = log sum_j exp(x_j)``: the round trip subtracts the
-        log-partition (which the base step moved off 0) and floors at
-        ``log(tiny)/beta`` as :meth:`to_dual` floors ``u`` at ``tiny``.
-        In place, with the log-partition in a contiguous buffer (from
-        ``scratch``, a workspace of ``theta``'s shape):
+        and recomputes its dual after every step (THEORY.md §5). Softmax is
+        invariant to adding one constant to every ``theta_j``, so the duals
+        of ``u`` are ``log(u)/beta + c``; the primal form keeps the one whose
+        largest entry is 0,
 
-        * two levels: one pass of :func:`proxopt.native.sm2_renorm` for float32
-          CPU duals with contiguous level columns
-          (``theta_1 <- -softplus_beta(-D)``, ``theta_0 <- -softplus_beta(D)``,
-          both floored); else, with ``D = theta_1 - theta_0`` and
-          ``softplus_beta(x) = log(1 + exp(beta x))/beta``,
-          ``theta_1 <- -softplus_beta(-D)`` (``softplus`` with ``beta``
-          negated computes it in one pass) and ``theta_0 <- theta_1 - D``:
-          4 passes on a level-major dual (``D`` in a contiguous buffer,
-          the two columns, the floor), 5 otherwise (``theta_1`` through a
-          second buffer);
-        * ``d > 2``: ``LSE/beta = M + log(sum_j exp(beta (theta_j - M)))/beta``,
-          ``M = max_j theta_j``.
+        .. math::
 
-        Agrees with :meth:`reencode` ``(theta, beta, beta)`` up to rounding
-        (absolute error a few ulp of ``max_j |theta_j|``) for finite duals whose
-        entries differ by less than the dtype's largest value (the two-level
-        form computes ``theta_1 - theta_0``); the optimizers' duals are finite
-        and floored at ``log(tiny)/beta``.
+            \\theta_j \\leftarrow \\tfrac1\\beta \\log \\frac{u_j}{\\max_k u_k} = \\theta_j - \\max_k \\theta_k,
+
+        floored at ``log(tiny)/beta`` where ``u_j / max_k u_k`` underflows
+        (as :meth:`to_dual` floors ``u`` at ``tiny``); :meth:`reencode`
+        computes the same dual through ``u``. The choice of ``c`` does not
+        change the iterates ``w`` in exact arithmetic when the base update
+        does not depend on ``theta`` itself (Adam, SGD, ... without coupled
+        weight decay; decoupled decay, AdamW's, scales every difference
+        alike). The subtraction is exact in floating point: every difference
+        with the largest entry is kept bit for bit (``a - b`` rounds as
+        ``-(b - a)``), so ``w`` and the hard levels (argmax) are those of the
+        dual before it, where the log-partition representative
+        ``log(u)/beta`` would move them by rounding; and it costs no
+        transcendental function. One pass
+        of :func:`proxopt.native.sm2_renorm` for float32 CPU duals with two
+        contiguous level columns; else ``M = max_j theta_j`` into a
+        contiguous buffer (from ``scratch``, a workspace of ``theta``'s
+        shape), ``theta_j - M`` per column and the floor.
         """
-        d = theta.shape[-1]
         if theta.numel() == 0:
             return theta
         cols = theta.unbind(-1)
         floor = _dual_floor(theta.dtype, beta)
-        if d == 2:
-            if native.sm2_renorm(cols[0], cols[1], beta, floor):
-                return theta
-            diff, t1 = self._buffers(theta, scratch, 2)
-            torch.sub(cols[1], cols[0], out=diff)
-            # softplus(x, -beta) = log(1 + exp(-beta x)) / (-beta) = -softplus_beta(-x); where -beta x > 40 it
-            # returns x, which -softplus_beta(-x) equals to working precision there. Contiguous operands only:
-            # the transcendental kernels are not vectorized over strided level columns, so a column of a
-            # level-major dual (the optimizers') is written directly, any other through a buffer.
-            if cols[1].is_contiguous():
-                t1 = cols[1]
-            torch.ops.aten.softplus.out(diff, -beta, _SIGMOID_CUT, out=t1)
-            if t1 is not cols[1]:
-                cols[1].copy_(t1)
-            torch.sub(cols[1], diff, out=cols[0])
-            return theta.clamp_min_(floor)
-        else:
-            lse, e, tot = self._buffers(theta, scratch, 3)
-            self._column_max(theta, lse)
-            for j, e in self._shifted_exps(theta, lse, e, beta):
-                if j == 0:
-                    tot.copy_(e)
-                else:
-                    tot.add_(e)
-            tot.log_()
-            if beta != 1.0:
-                tot.div_(beta)
-            lse.add_(tot)
+        if len(cols) == 2 and native.sm2_renorm(cols[0], cols[1], floor):
+            return theta
+        (top,) = self._buffers(theta, scratch, 1)
+        self._column_max(theta, top)
         for c in cols:
-            torch.sub(c, lse, out=c)
+            torch.sub(c, top, out=c)
         return theta.clamp_min_(floor)
 
     def primal_derivative(self, theta: Tensor, beta: float = 1.0) -> Tensor:

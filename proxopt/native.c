@@ -1,5 +1,6 @@
 /*
- * proxopt's native CPU kernels: the two-level softmax dual of mirror descent (THEORY.md section 5).
+ * proxopt's native CPU kernels: the two-level softmax dual of mirror descent (THEORY.md section 5) and
+ * BNN+'s sign-Swish (section 2).
  *
  * proxopt/native.py compiles this file with the system C compiler on first use and calls it through
  * ctypes; without a compiler the same maps run as torch operations (proxopt/mirror_maps.py).
@@ -8,16 +9,17 @@
  * z = beta (theta_1 - theta_0) and sigma(z) = 1 / (1 + e^-z):
  *
  *   project   w = q_0 + (q_1 - q_0) sigma(z)                         (softmax map, Ajanthan et al. [MD])
- *   renorm    theta_1 <- max(-softplus(-z) / beta, floor)             (theta_j - LSE(beta theta) / beta:
- *             theta_0 <- max(-softplus( z) / beta, floor)              the primal form's log(u) / beta)
+ *   renorm    theta_j <- max(theta_j - max(theta_0, theta_1), floor)  (the primal form's dual of the kept u,
+ *                                                                     log(u_j / max_k u_k) / beta)
  *   pullback  g_j = q_j g                                             (the mirror-descent step, B' = 1)
  *
- * with softplus(x) = max(x, 0) + log1p(e^-|x|), so each weight needs one exponential of a non-positive
- * number and one log1p on [0, 1]. Both are computed here with range reduction and polynomials of plain
- * additions, multiplications and divisions, so the compiler vectorizes every loop and every element gets
- * the same result whether it falls in a vector body or a scalar remainder (with floating-point
- * contraction off; fused multiply-adds are written explicitly where the target has them). Every result
- * is therefore a function of its own inputs only, the property proxopt's p = F(theta) invariant needs.
+ * The projection and sign-Swish need one exponential of a non-positive number, computed here with range
+ * reduction and a polynomial of plain additions and multiplications (the rest is additions,
+ * multiplications and divisions), so the compiler vectorizes every loop and every
+ * element gets the same result whether it falls in a vector body or a scalar remainder (with
+ * floating-point contraction off; fused multiply-adds are written explicitly where the target has them).
+ * Every result is therefore a function of its own inputs only, the property proxopt's p = F(theta)
+ * invariant needs. The renormalisation is exact: it keeps theta_1 - theta_0 bit for bit.
  */
 #include <math.h>
 #include <stdint.h>
@@ -62,28 +64,12 @@ static inline float exp_nonpos(float x) {
     return x >= -87.0f ? y : (x != x ? x : 0.0f);
 }
 
-/* log(1 + e) for 0 <= e <= 1: 2 atanh(f) with f = e / (2 + e) in [0, 1/3], its odd series to f^15
- * (truncation error below 2e-9 relative). */
-static inline float log1p_unit(float e) {
-    float f = e / (2.0f + e);
-    float f2 = f * f;
-    float p = 1.0f / 15.0f;
-    p = MADD(p, f2, 1.0f / 13.0f);
-    p = MADD(p, f2, 1.0f / 11.0f);
-    p = MADD(p, f2, 1.0f / 9.0f);
-    p = MADD(p, f2, 1.0f / 7.0f);
-    p = MADD(p, f2, 1.0f / 5.0f);
-    p = MADD(p, f2, 1.0f / 3.0f);
-    float twof = 2.0f * f;
-    return MADD(twof * f2, p, twof);
-}
-
 /* ------------------------------------------------------------------ kernels on [lo, hi) */
 
 typedef struct {
     const float *t0, *t1, *g;
     float *o0, *o1;
-    float beta, inv_beta, floor_, a, b;
+    float beta, floor_, a, b;
 } args_t;
 
 static void project_range(const args_t *A, long lo, long hi) {
@@ -98,17 +84,18 @@ static void project_range(const args_t *A, long lo, long hi) {
     }
 }
 
+/* theta_j - max_k theta_k, floored: the larger entry becomes 0 and the other -|theta_1 - theta_0| (exactly: a
+ * difference rounds the same with its sign flipped), so the projection's theta_1 - theta_0 is unchanged bit
+ * for bit; NaN propagates, as torch.maximum does. */
 static void renorm_range(const args_t *A, long lo, long hi) {
     float *t0 = A->o0, *t1 = A->o1;
-    const float beta = A->beta, inv_beta = A->inv_beta, fl = A->floor_;
+    const float fl = A->floor_;
     for (long i = lo; i < hi; i++) {
-        float z = (t1[i] - t0[i]) * beta;
-        float e = exp_nonpos(-fabsf(z));
-        float l = log1p_unit(e);
-        float x1 = -((z < 0.0f ? -z : 0.0f) + l) * inv_beta;
-        float x0 = -((z > 0.0f ? z : 0.0f) + l) * inv_beta;
-        t1[i] = x1 < fl ? fl : x1;
+        float a = t0[i], b = t1[i];
+        float m = (a > b || a != a) ? a : b;
+        float x0 = a - m, x1 = b - m;
         t0[i] = x0 < fl ? fl : x0;
+        t1[i] = x1 < fl ? fl : x1;
     }
 }
 
@@ -228,33 +215,33 @@ static void parallel(range_fn fn, const args_t *args, long n, int threads) {
 /* out = a + b sigma(beta (t1 - t0)) */
 void proxopt_sm2_project(const float *t0, const float *t1, float *out, long n, float beta, float a, float b,
                          int threads) {
-    args_t A = {t0, t1, NULL, out, NULL, beta, 0.0f, 0.0f, a, b};
+    args_t A = {t0, t1, NULL, out, NULL, beta, 0.0f, a, b};
     parallel(project_range, &A, n, threads);
 }
 
-/* (t0, t1) <- the log-partition renormalisation at beta, floored at floor_, in place */
-void proxopt_sm2_renorm(float *t0, float *t1, long n, float beta, float floor_, int threads) {
-    args_t A = {NULL, NULL, NULL, t0, t1, beta, 1.0f / beta, floor_, 0.0f, 0.0f};
+/* (t0, t1) <- (t0, t1) - max(t0, t1), floored at floor_, in place */
+void proxopt_sm2_renorm(float *t0, float *t1, long n, float floor_, int threads) {
+    args_t A = {NULL, NULL, NULL, t0, t1, 0.0f, floor_, 0.0f, 0.0f};
     parallel(renorm_range, &A, n, threads);
 }
 
 /* g0 = q0 g, g1 = q1 g */
 void proxopt_sm2_pullback(const float *g, float *g0, float *g1, long n, float q0, float q1, int threads) {
-    args_t A = {NULL, NULL, g, g0, g1, 0.0f, 0.0f, 0.0f, q0, q1};
+    args_t A = {NULL, NULL, g, g0, g1, 0.0f, 0.0f, q0, q1};
     parallel(pullback_range, &A, n, threads);
 }
 
 /* out = SS(mu theta) */
 void proxopt_ss_value(const float *theta, float *out, long n, float mu, int threads) {
-    args_t A = {theta, NULL, NULL, out, NULL, mu, 0.0f, 0.0f, 0.0f, 0.0f};
+    args_t A = {theta, NULL, NULL, out, NULL, mu, 0.0f, 0.0f, 0.0f};
     parallel(ss_value_range, &A, n, threads);
 }
 
 /* out = mu SS'(mu theta) g */
 void proxopt_ss_grad(const float *theta, const float *g, float *out, long n, float mu, int threads) {
-    args_t A = {theta, NULL, g, out, NULL, mu, 0.0f, 0.0f, 0.0f, 0.0f};
+    args_t A = {theta, NULL, g, out, NULL, mu, 0.0f, 0.0f, 0.0f};
     parallel(ss_grad_range, &A, n, threads);
 }
 
 /* the interface version native.py checks */
-int proxopt_native_version(void) { return 2; }
+int proxopt_native_version(void) { return 3; }

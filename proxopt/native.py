@@ -5,13 +5,13 @@ weight, with ``z = beta (theta_1 - theta_0)`` and levels ``(q_0, q_1)``:
 
 .. math::
     w = q_0 + (q_1 - q_0)\\,\\sigma(z),\\qquad
-    \\theta_1 \\leftarrow \\max(-\\mathrm{softplus}(-z)/\\beta, f),\\quad
-    \\theta_0 \\leftarrow \\max(-\\mathrm{softplus}(z)/\\beta, f),\\qquad
+    \\theta_j \\leftarrow \\max(\\theta_j - \\max_k \\theta_k,\\ f),\\qquad
     g_j = q_j\\, g_w
 
-(projection [MD]; the primal form's log-partition renormalisation
-``theta_j - LSE(beta theta)/beta``, floored at ``f = log(tiny)/beta``;
-the mirror-descent pull-back), and BNN+/BNN++'s sign-Swish with
+(projection [MD]; the primal form's renormalisation to the dual
+``log(u_j / max_k u_k)/beta`` of the kept ``u``, floored at
+``f = log(tiny)/beta``, exact in floating point; the mirror-descent
+pull-back), and BNN+/BNN++'s sign-Swish with
 ``x = mu theta``, ``e = exp(-|x|)``:
 
 .. math::
@@ -21,8 +21,8 @@ the mirror-descent pull-back), and BNN+/BNN++'s sign-Swish with
 
 (the forward of BNN++ and the backward ``B'`` of both). As torch operations
 each is several passes over memory with one or two transcendental kernels;
-``native.c`` does each in one vectorized pass, with its own exponential and
-``log1p`` (range reduction and polynomials, within a few ulp).
+``native.c`` does each in one vectorized pass, with its own exponential
+(range reduction and a polynomial, within a few ulp).
 
 The source ships with the package and is compiled on first use with the
 system C compiler (``$CC``, else ``cc``), ``-O3`` for the machine it runs on,
@@ -69,7 +69,7 @@ from torch import Tensor
 
 __all__ = ["available", "status", "sm2_project", "sm2_renorm", "sm2_pullback", "sign_swish", "sign_swish_grad"]
 
-_VERSION = 2
+_VERSION = 3
 _SOURCE = Path(__file__).with_name("native.c")
 _FLAGS = ("-O3", "-fPIC", "-shared", "-fno-fast-math", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
 #: tried in order: the machine's vector units and OpenMP threads, then without either
@@ -199,7 +199,7 @@ def _build() -> ctypes.CDLL:
 def _declare(lib: ctypes.CDLL) -> None:
     P, N, F, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
     lib.proxopt_sm2_project.argtypes = [P, P, P, N, F, F, F, I]
-    lib.proxopt_sm2_renorm.argtypes = [P, P, N, F, F, I]
+    lib.proxopt_sm2_renorm.argtypes = [P, P, N, F, I]
     lib.proxopt_sm2_pullback.argtypes = [P, P, P, N, F, F, I]
     lib.proxopt_ss_value.argtypes = [P, P, N, F, I]
     lib.proxopt_ss_grad.argtypes = [P, P, P, N, F, I]
@@ -227,12 +227,9 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
         return "projection check failed"
     r0, r1 = t0.clone(), t1.clone()
     floor = float(torch.tensor(math.log(torch.finfo(torch.float32).tiny), dtype=torch.float32) / beta)
-    lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), n, beta, floor, 1)
-    sp = torch.nn.functional.softplus
-    e1 = (-sp(-zz) / beta).clamp_min(floor)
-    e0 = (-sp(zz) / beta).clamp_min(floor)
-    tol = 8 * 2.0 ** -23 * torch.maximum(e0.abs(), e1.abs()).clamp_min(1e-30)
-    if not bool((((r0.double() - e0).abs() <= tol) & ((r1.double() - e1).abs() <= tol)).all()):
+    lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), n, floor, 1)
+    top = torch.maximum(t0, t1)
+    if not (torch.equal(r0, (t0 - top).clamp_min(floor)) and torch.equal(r1, (t1 - top).clamp_min(floor))):
         return "renormalisation check failed"
     g = torch.linspace(-3, 3, n)
     g0, g1 = torch.empty(n), torch.empty(n)
@@ -258,7 +255,7 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
     w = torch.empty(37)
     lib.proxopt_sm2_project(nan.data_ptr(), other.data_ptr(), w.data_ptr(), 37, beta, -1.0, 2.0, 1)
     r0, r1 = nan.clone(), t1[:37].clone()
-    lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), 37, beta, floor, 1)
+    lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), 37, floor, 1)
     v, d = torch.empty(37), torch.empty(37)
     lib.proxopt_ss_value(nan.data_ptr(), v.data_ptr(), 37, beta, 1)
     lib.proxopt_ss_grad(nan.data_ptr(), other.data_ptr(), d.data_ptr(), 37, beta, 1)
@@ -268,7 +265,7 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
     w = torch.empty(n)
     lib.proxopt_sm2_project(t0.data_ptr(), t1.data_ptr(), w.data_ptr(), n, beta, -1.0, 2.0, 1)
     r0, r1 = t0.clone(), t1.clone()
-    lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), n, beta, floor, 1)
+    lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), n, floor, 1)
     g = torch.linspace(-1, 1, n)
     v, d = torch.empty(n), torch.empty(n)
     lib.proxopt_ss_value(t1.data_ptr(), v.data_ptr(), n, beta, 1)
@@ -276,7 +273,7 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
     for k in (1, 3, 7):
         a0, a1, wk = t0[k:].clone(), t1[k:].clone(), torch.empty(n - k)
         lib.proxopt_sm2_project(a0.data_ptr(), a1.data_ptr(), wk.data_ptr(), n - k, beta, -1.0, 2.0, 1)
-        lib.proxopt_sm2_renorm(a0.data_ptr(), a1.data_ptr(), n - k, beta, floor, 1)
+        lib.proxopt_sm2_renorm(a0.data_ptr(), a1.data_ptr(), n - k, floor, 1)
         same = torch.equal(wk, w[k:]) and torch.equal(a0, r0[k:]) and torch.equal(a1, r1[k:])
         x, gk, vk, dk = t1[k:].clone(), g[k:].clone(), torch.empty(n - k), torch.empty(n - k)
         lib.proxopt_ss_value(x.data_ptr(), vk.data_ptr(), n - k, beta, 1)
@@ -345,14 +342,14 @@ def sm2_project(t0: Tensor, t1: Tensor, out: Tensor, beta: float, a: float, b: f
     return True
 
 
-def sm2_renorm(t0: Tensor, t1: Tensor, beta: float, floor: float) -> bool:
-    """``t1 <- max(-softplus(-z)/beta, floor)``, ``t0 <- max(-softplus(z)/beta, floor)`` with
-    ``z = beta (t1 - t0)``, in place, natively; False (nothing done) where the torch path must run."""
+def sm2_renorm(t0: Tensor, t1: Tensor, floor: float) -> bool:
+    """``t_j <- max(t_j - max(t0, t1), floor)`` in place, natively (bit for bit the torch result: the larger
+    column becomes 0, the other ``-|t1 - t0|``); False (nothing done) where the torch path must run."""
     lib = _load()
     n = t0.numel()
     if lib is None or not _ok(n, t0, t1):
         return False
-    lib.proxopt_sm2_renorm(t0.data_ptr(), t1.data_ptr(), n, beta, floor, _threads(n))
+    lib.proxopt_sm2_renorm(t0.data_ptr(), t1.data_ptr(), n, floor, _threads(n))
     return True
 
 

@@ -1,7 +1,7 @@
 """The fast mirror-descent kernels equal the readable round trips they replace.
 
 * primal form at a fixed ``beta``: ``renormalize_`` (a clamp for tanh, the
-  log-partition renormalisation for softmax) vs ``reencode(theta, beta, beta)``;
+  shift to a largest entry of 0 for softmax) vs ``reencode(theta, beta, beta)``;
 * whole md-tanh / md-softmax trajectories with the old round trip vs the new in-place forms;
 * the softmax dual's gradient written into a persistent buffer vs the allocating ``g q``;
 * edge shapes (0-d, empty) of the in-place kernels.
@@ -66,6 +66,31 @@ def test_softmax_renormalize_matches_reencode(levels, beta, dtype):
     floor = torch.log(torch.tensor(torch.finfo(dtype).tiny, dtype=dtype)) / beta
     assert float(got[1, 0]) == pytest.approx(float(floor), rel=1e-6)
     assert m.renormalize_(torch.empty(0, d, dtype=dtype), beta).shape == (0, d)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("levels", ["binary", "ternary", [-1.0, 0.2, 0.5, 2.0]])
+@pytest.mark.parametrize("layout", ["level-major", "weight-major"])
+def test_softmax_renormalize_keeps_w_and_the_argmax_bit_for_bit(levels, dtype, layout):
+    """theta - max_k theta_k is exact: the largest entry becomes 0, every other entry is its difference with it,
+    and the projection and the hard levels are those before, bit for bit, where the floor does not act."""
+    m = mm.Softmax(levels)
+    d = len(m.levels)
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(d, 2000, generator=g, dtype=dtype) * torch.tensor([0.01, 1.0, 30.0], dtype=dtype).repeat(667)[:2000]
+    th = base.movedim(0, -1) if layout == "level-major" else base.t().contiguous()
+    beta = 1.3
+    got = m.renormalize_(th.clone(), beta, torch.empty_like(th))
+    top = th.max(-1, keepdim=True).values
+    floor = mm._dual_floor(dtype, beta)
+    assert torch.equal(got, (th - top).clamp_min(floor))
+    assert bool((got.max(-1).values == 0).all())
+    assert torch.equal(m.hard(got), m.hard(th))
+    w0, w1 = torch.empty(2000, dtype=dtype), torch.empty(2000, dtype=dtype)
+    m.to_primal_into(th, beta, w0, torch.empty_like(th))
+    m.to_primal_into(got, beta, w1, torch.empty_like(th))
+    kept = (got > floor).all(-1)
+    assert torch.equal(w1[kept], w0[kept]) and int(kept.sum()) > 1000
 
 
 def _problem(seed=0, n=64, k=16):

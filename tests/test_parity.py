@@ -321,14 +321,17 @@ def hand_trajectory(preset: str, base: type, base_kwargs: Dict[str, Any], theta0
         return out
     q = torch.tensor(PQ_LEVELS, dtype=torch.float64)
     tiny = torch.finfo(torch.float64).tiny
-    if preset == "md-softmax":  # §5 primal form: keep u; theta = log(u)/beta before every step, grad_theta = g q
+    if preset == "md-softmax":  # §5 primal form: keep u; theta = its dual before every step, grad_theta = g q
+        # the dual of u whose largest entry is 0 (softmax ignores a common shift): log(u_j / max_k u_k) / beta
+        def dual(u: Tensor, beta: float) -> Tensor:
+            return torch.log((u / u.amax(-1, keepdim=True)).clamp_min(tiny)) / beta
         beta = DEFAULT_STRENGTH[preset]
         u = ref_softmax_simplex(theta0, beta)
         for _ in range(STEPS):
-            theta = torch.log(u.clamp_min(tiny)) / beta
+            theta = dual(u, beta)
             theta = opt.step(theta, grad_at(u @ q, x, y).unsqueeze(-1) * q)
             u = ref_softmax_simplex(theta, beta)
-            out.append((u @ q, torch.log(u.clamp_min(tiny)) / beta))  # raising beta keeps u (and the latent)
+            out.append((u @ q, dual(u, beta)))  # raising beta keeps u (and the latent)
             beta *= ANNEAL
         return out
     if preset == "md-softmax-s":  # §5 softmax, stable form: w = softmax(beta theta) q, grad_theta = g q
@@ -402,7 +405,8 @@ def reencode(group: Dict[str, Any], theta: Tensor) -> Tensor:
     """Primal form (§5): ``theta = P_beta^{-1}(P_beta(theta))`` recomputed from the kept primal point."""
     cfg, beta = group["mirror_map"], group["beta"]
     if cfg["name"] == "softmax":
-        return torch.log(ref_softmax_simplex(theta, beta).clamp_min(torch.finfo(theta.dtype).tiny)) / beta
+        u = ref_softmax_simplex(theta, beta)  # the dual of u with largest entry 0: log(u_j / max_k u_k) / beta
+        return torch.log((u / u.amax(-1, keepdim=True)).clamp_min(torch.finfo(theta.dtype).tiny)) / beta
     if cfg["name"] == "tanh":
         below_one = 1.0 - torch.finfo(theta.dtype).eps / 2.0
         return torch.atanh(torch.tanh(beta * theta).clamp(-below_one, below_one)) / beta

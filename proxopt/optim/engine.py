@@ -722,8 +722,9 @@ class LatentOptimizer(WrappedOptimizer):
         The primal form keeps ``w`` (THEORY.md §5); its latent is the dual
         ``P_v^{-1}(w)`` recomputed after every base step (and at the start),
         which in floating point is what the saturation of ``P_v`` does to
-        ``theta``: a clamp to ``±atanh(m)/v`` for tanh, the log-partition
-        renormalisation for softmax (:meth:`~proxopt.mirror_maps.MirrorMap.renormalize_`).
+        ``theta``: a clamp to ``±atanh(m)/v`` for tanh; for softmax, whose
+        duals of a point differ by a common shift, the one with largest
+        entry 0, floored (:meth:`~proxopt.mirror_maps.MirrorMap.renormalize_`).
         The stable form keeps ``theta`` as it is.
         """
         if not tr.primal:

@@ -141,7 +141,7 @@ class MirrorPair(Transform):
         self.unit_backward = not exact_gradient and not self.multi
         self.levels = mirror_map.levels
         self.scalable = not self.multi
-        # the softmax kernels keep per-weight temporaries (max, log-partition, ...) in the workspace
+        # the softmax kernels keep per-weight temporaries (max, exponentials, ...) in the workspace
         self.needs_scratch = self.multi
         #: the latent gradient has the dual's shape and is written into a buffer the engine keeps
         self.grad_buffer = self.multi
@@ -221,7 +221,7 @@ class MirrorPair(Transform):
         At a fixed ``beta`` the primal form's "dual recomputed from the
         primal point" is, up to rounding, a clamp to ``±atanh(m)/beta`` for
         the tanh map (one pass instead of tanh, clamp, atanh, divide and a
-        copy) and the log-partition renormalisation for the softmax map; a
+        copy) and the shift to a largest entry of 0 for the softmax map; a
         change of ``beta`` adds one multiply by ``old/new``.
         """
         return self.map.reencode_(theta, old, new, scratch)
