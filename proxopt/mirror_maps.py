@@ -119,6 +119,16 @@ class MirrorMap:
         """
         return theta.copy_(self.to_dual(self.to_primal(theta, beta), beta))
 
+    def renormalize_to_primal_into(self, theta: Tensor, beta: float, out: Tensor) -> bool:
+        """:meth:`renormalize_` then :meth:`to_primal_into` ``out`` in one pass, bit for bit the two calls.
+
+        The primal form's write-back after a step, ``theta <- P_beta^{-1}(P_beta(theta))``
+        and ``w = P_beta(theta)``, reading ``theta`` once. Returns False, having
+        done nothing, where the map has no such pass for these tensors (this
+        default: always); the caller then makes the two calls.
+        """
+        return False
+
     #: ``P_beta(theta) = P_1(beta theta)`` (tanh, linear, softmax; not the shifted tanh), hence
     #: ``P_beta^{-1} = P_1^{-1} / beta``.
     beta_scaled = True
@@ -554,6 +564,20 @@ class Softmax(MirrorMap):
         for c in cols:
             torch.sub(c, top, out=c)
         return theta.clamp_min_(floor)
+
+    def renormalize_to_primal_into(self, theta: Tensor, beta: float, out: Tensor) -> bool:
+        """:meth:`renormalize_` then :meth:`to_primal_into` in one pass: two float32 levels on the CPU.
+
+        ``theta_j <- max(theta_j - max_k theta_k, log(tiny)/beta)`` and
+        ``w = q_0 + (q_1 - q_0) sigma(beta (theta_1 - theta_0))`` into ``out``
+        by :func:`proxopt.native.sm2_renorm_project`, bit for bit the two
+        calls; False (nothing done) for other duals, levels or tensors.
+        """
+        q = self.levels
+        if len(q) != 2 or theta.shape[-1] != 2 or out.shape != theta.shape[:-1] or theta.numel() == 0:
+            return False
+        t0, t1 = theta.unbind(-1)
+        return native.sm2_renorm_project(t0, t1, out, beta, _dual_floor(theta.dtype, beta), q[0], q[1] - q[0])
 
     def primal_derivative(self, theta: Tensor, beta: float = 1.0) -> Tensor:
         """``dw/dtheta_j = beta u_j (q_j - w)`` (shape ``(..., d)``)."""

@@ -13,6 +13,8 @@
  *                                                                     log(u_j / max_k u_k) / beta)
  *   pullback  g_j = q_j g                                             (the mirror-descent step, B' = 1)
  *
+ * and renorm followed by project in one pass (the primal form's write-back after a step).
+ *
  * The projection and sign-Swish need one exponential of a non-positive number, computed here with range
  * reduction and a polynomial of plain additions and multiplications (the rest is additions,
  * multiplications and divisions), so the compiler vectorizes every loop and every
@@ -68,7 +70,7 @@ static inline float exp_nonpos(float x) {
 
 typedef struct {
     const float *t0, *t1, *g;
-    float *o0, *o1;
+    float *o0, *o1, *out;
     float beta, floor_, a, b;
 } args_t;
 
@@ -96,6 +98,26 @@ static void renorm_range(const args_t *A, long lo, long hi) {
         float x0 = a - m, x1 = b - m;
         t0[i] = x0 < fl ? fl : x0;
         t1[i] = x1 < fl ? fl : x1;
+    }
+}
+
+/* renorm_range then project_range in one pass: the same operations on the same values, so the same results
+ * bit for bit, with the dual read once. */
+static void renorm_project_range(const args_t *A, long lo, long hi) {
+    float *t0 = A->o0, *t1 = A->o1, *out = A->out;
+    const float fl = A->floor_, beta = A->beta, a = A->a, b = A->b;
+    for (long i = lo; i < hi; i++) {
+        float u = t0[i], v = t1[i];
+        float m = (u > v || u != u) ? u : v;
+        float x0 = u - m, x1 = v - m;
+        x0 = x0 < fl ? fl : x0;
+        x1 = x1 < fl ? fl : x1;
+        t0[i] = x0;
+        t1[i] = x1;
+        float z = (x1 - x0) * beta;
+        float e = exp_nonpos(-fabsf(z));
+        float s = (z >= 0.0f ? 1.0f : e) / (1.0f + e);
+        out[i] = MADD(b, s, a);
     }
 }
 
@@ -215,33 +237,40 @@ static void parallel(range_fn fn, const args_t *args, long n, int threads) {
 /* out = a + b sigma(beta (t1 - t0)) */
 void proxopt_sm2_project(const float *t0, const float *t1, float *out, long n, float beta, float a, float b,
                          int threads) {
-    args_t A = {t0, t1, NULL, out, NULL, beta, 0.0f, a, b};
+    args_t A = {t0, t1, NULL, out, NULL, NULL, beta, 0.0f, a, b};
     parallel(project_range, &A, n, threads);
 }
 
 /* (t0, t1) <- (t0, t1) - max(t0, t1), floored at floor_, in place */
 void proxopt_sm2_renorm(float *t0, float *t1, long n, float floor_, int threads) {
-    args_t A = {NULL, NULL, NULL, t0, t1, 0.0f, floor_, 0.0f, 0.0f};
+    args_t A = {NULL, NULL, NULL, t0, t1, NULL, 0.0f, floor_, 0.0f, 0.0f};
     parallel(renorm_range, &A, n, threads);
+}
+
+/* proxopt_sm2_renorm, then proxopt_sm2_project of the renormalised dual into out, in one pass */
+void proxopt_sm2_renorm_project(float *t0, float *t1, float *out, long n, float beta, float floor_, float a,
+                                float b, int threads) {
+    args_t A = {NULL, NULL, NULL, t0, t1, out, beta, floor_, a, b};
+    parallel(renorm_project_range, &A, n, threads);
 }
 
 /* g0 = q0 g, g1 = q1 g */
 void proxopt_sm2_pullback(const float *g, float *g0, float *g1, long n, float q0, float q1, int threads) {
-    args_t A = {NULL, NULL, g, g0, g1, 0.0f, 0.0f, q0, q1};
+    args_t A = {NULL, NULL, g, g0, g1, NULL, 0.0f, 0.0f, q0, q1};
     parallel(pullback_range, &A, n, threads);
 }
 
 /* out = SS(mu theta) */
 void proxopt_ss_value(const float *theta, float *out, long n, float mu, int threads) {
-    args_t A = {theta, NULL, NULL, out, NULL, mu, 0.0f, 0.0f, 0.0f};
+    args_t A = {theta, NULL, NULL, out, NULL, NULL, mu, 0.0f, 0.0f, 0.0f};
     parallel(ss_value_range, &A, n, threads);
 }
 
 /* out = mu SS'(mu theta) g */
 void proxopt_ss_grad(const float *theta, const float *g, float *out, long n, float mu, int threads) {
-    args_t A = {theta, NULL, g, out, NULL, mu, 0.0f, 0.0f, 0.0f};
+    args_t A = {theta, NULL, g, out, NULL, NULL, mu, 0.0f, 0.0f, 0.0f};
     parallel(ss_grad_range, &A, n, threads);
 }
 
 /* the interface version native.py checks */
-int proxopt_native_version(void) { return 3; }
+int proxopt_native_version(void) { return 4; }

@@ -67,9 +67,10 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["available", "status", "sm2_project", "sm2_renorm", "sm2_pullback", "sign_swish", "sign_swish_grad"]
+__all__ = ["available", "status", "sm2_project", "sm2_renorm", "sm2_renorm_project", "sm2_pullback", "sign_swish",
+           "sign_swish_grad"]
 
-_VERSION = 3
+_VERSION = 4
 _SOURCE = Path(__file__).with_name("native.c")
 _FLAGS = ("-O3", "-fPIC", "-shared", "-fno-fast-math", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
 #: tried in order: the machine's vector units and OpenMP threads, then without either
@@ -200,11 +201,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     P, N, F, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
     lib.proxopt_sm2_project.argtypes = [P, P, P, N, F, F, F, I]
     lib.proxopt_sm2_renorm.argtypes = [P, P, N, F, I]
+    lib.proxopt_sm2_renorm_project.argtypes = [P, P, P, N, F, F, F, F, I]
     lib.proxopt_sm2_pullback.argtypes = [P, P, P, N, F, F, I]
     lib.proxopt_ss_value.argtypes = [P, P, N, F, I]
     lib.proxopt_ss_grad.argtypes = [P, P, P, N, F, I]
-    for fn in (lib.proxopt_sm2_project, lib.proxopt_sm2_renorm, lib.proxopt_sm2_pullback, lib.proxopt_ss_value,
-               lib.proxopt_ss_grad):
+    for fn in (lib.proxopt_sm2_project, lib.proxopt_sm2_renorm, lib.proxopt_sm2_renorm_project,
+               lib.proxopt_sm2_pullback, lib.proxopt_ss_value, lib.proxopt_ss_grad):
         fn.restype = None
     lib.proxopt_native_version.restype = ctypes.c_int
     lib.proxopt_native_version.argtypes = []
@@ -231,6 +233,11 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
     top = torch.maximum(t0, t1)
     if not (torch.equal(r0, (t0 - top).clamp_min(floor)) and torch.equal(r1, (t1 - top).clamp_min(floor))):
         return "renormalisation check failed"
+    f0, f1, fw, rw = t0.clone(), t1.clone(), torch.empty(n), torch.empty(n)
+    lib.proxopt_sm2_renorm_project(f0.data_ptr(), f1.data_ptr(), fw.data_ptr(), n, beta, floor, -1.0, 2.0, 1)
+    lib.proxopt_sm2_project(r0.data_ptr(), r1.data_ptr(), rw.data_ptr(), n, beta, -1.0, 2.0, 1)
+    if not (torch.equal(f0, r0) and torch.equal(f1, r1) and torch.equal(fw, rw)):
+        return "fused renormalisation and projection check failed"
     g = torch.linspace(-3, 3, n)
     g0, g1 = torch.empty(n), torch.empty(n)
     lib.proxopt_sm2_pullback(g.data_ptr(), g0.data_ptr(), g1.data_ptr(), n, -1.0, 0.5, 1)
@@ -256,16 +263,20 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
     lib.proxopt_sm2_project(nan.data_ptr(), other.data_ptr(), w.data_ptr(), 37, beta, -1.0, 2.0, 1)
     r0, r1 = nan.clone(), t1[:37].clone()
     lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), 37, floor, 1)
+    f0, f1, fw = nan.clone(), t1[:37].clone(), torch.empty(37)
+    lib.proxopt_sm2_renorm_project(f0.data_ptr(), f1.data_ptr(), fw.data_ptr(), 37, beta, floor, -1.0, 2.0, 1)
     v, d = torch.empty(37), torch.empty(37)
     lib.proxopt_ss_value(nan.data_ptr(), v.data_ptr(), 37, beta, 1)
     lib.proxopt_ss_grad(nan.data_ptr(), other.data_ptr(), d.data_ptr(), 37, beta, 1)
-    if not all(bool(t.isnan().all()) for t in (w, r0, r1, v, d)):
+    if not all(bool(t.isnan().all()) for t in (w, r0, r1, f0, f1, fw, v, d)):
         return "NaN check failed"
     # each result depends on its own inputs only: shifting the elements across vector lanes changes nothing
     w = torch.empty(n)
     lib.proxopt_sm2_project(t0.data_ptr(), t1.data_ptr(), w.data_ptr(), n, beta, -1.0, 2.0, 1)
     r0, r1 = t0.clone(), t1.clone()
     lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), n, floor, 1)
+    f0, f1, fw = t0.clone(), t1.clone(), torch.empty(n)
+    lib.proxopt_sm2_renorm_project(f0.data_ptr(), f1.data_ptr(), fw.data_ptr(), n, beta, floor, -1.0, 2.0, 1)
     g = torch.linspace(-1, 1, n)
     v, d = torch.empty(n), torch.empty(n)
     lib.proxopt_ss_value(t1.data_ptr(), v.data_ptr(), n, beta, 1)
@@ -275,6 +286,9 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
         lib.proxopt_sm2_project(a0.data_ptr(), a1.data_ptr(), wk.data_ptr(), n - k, beta, -1.0, 2.0, 1)
         lib.proxopt_sm2_renorm(a0.data_ptr(), a1.data_ptr(), n - k, floor, 1)
         same = torch.equal(wk, w[k:]) and torch.equal(a0, r0[k:]) and torch.equal(a1, r1[k:])
+        b0, b1, bw = t0[k:].clone(), t1[k:].clone(), torch.empty(n - k)
+        lib.proxopt_sm2_renorm_project(b0.data_ptr(), b1.data_ptr(), bw.data_ptr(), n - k, beta, floor, -1.0, 2.0, 1)
+        same = same and torch.equal(b0, f0[k:]) and torch.equal(b1, f1[k:]) and torch.equal(bw, fw[k:])
         x, gk, vk, dk = t1[k:].clone(), g[k:].clone(), torch.empty(n - k), torch.empty(n - k)
         lib.proxopt_ss_value(x.data_ptr(), vk.data_ptr(), n - k, beta, 1)
         lib.proxopt_ss_grad(x.data_ptr(), gk.data_ptr(), dk.data_ptr(), n - k, beta, 1)
@@ -350,6 +364,18 @@ def sm2_renorm(t0: Tensor, t1: Tensor, floor: float) -> bool:
     if lib is None or not _ok(n, t0, t1):
         return False
     lib.proxopt_sm2_renorm(t0.data_ptr(), t1.data_ptr(), n, floor, _threads(n))
+    return True
+
+
+def sm2_renorm_project(t0: Tensor, t1: Tensor, out: Tensor, beta: float, floor: float, a: float, b: float) -> bool:
+    """:func:`sm2_renorm` then :func:`sm2_project` into ``out`` in one pass, bit for bit the two calls:
+    ``t_j <- max(t_j - max(t0, t1), floor)``, ``out = a + b sigma(beta (t1 - t0))`` of the renormalised dual
+    (the primal form's write-back after a step); False (nothing done) where the torch path must run."""
+    lib = _load()
+    n = out.numel()
+    if lib is None or not _ok(n, t0, t1, out):
+        return False
+    lib.proxopt_sm2_renorm_project(t0.data_ptr(), t1.data_ptr(), out.data_ptr(), n, beta, floor, a, b, _threads(n))
     return True
 
 

@@ -23,7 +23,7 @@ EPS = 2.0 ** -23
 def torch_path(monkeypatch):
     """Run the mirror maps' torch operations instead of the kernels inside the test."""
     def use_torch():
-        for name in ("sm2_project", "sm2_renorm", "sm2_pullback"):
+        for name in ("sm2_project", "sm2_renorm", "sm2_renorm_project", "sm2_pullback"):
             monkeypatch.setattr(native, name, lambda *a, **k: False)
     return use_torch
 
@@ -101,6 +101,32 @@ def test_renormalisation_matches_the_torch_path(beta, torch_path):
     m.to_primal_into(level_major(got), beta, w_after)
     assert torch.equal(w_after[kept], w_before[kept])
     assert bool((got >= floor).all()) and not bool(kept.all())
+
+
+@needs_native
+@pytest.mark.parametrize("beta", [1.0, 0.37, 1e4])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_fused_renormalisation_and_projection_equal_the_two_passes(beta, threads):
+    """sm2_renorm_project is sm2_renorm then sm2_project, bit for bit, on every slice and thread count."""
+    base = duals(200_003, seed=6)
+    floor = _dual_floor(torch.float32, beta)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for lo, hi in ((0, base.shape[1]), (1, 77), (5, 70_001)):
+            two = base[:, lo:hi].clone()
+            w_two = torch.empty(hi - lo)
+            assert native.sm2_renorm(two[0], two[1], floor)
+            assert native.sm2_project(two[0], two[1], w_two, beta, -0.5, 2.5)
+            one = base[:, lo:hi].clone()
+            w_one = torch.empty(hi - lo)
+            assert native.sm2_renorm_project(one[0], one[1], w_one, beta, floor, -0.5, 2.5)
+            assert torch.equal(one, two) and torch.equal(w_one, w_two)
+    finally:
+        torch.set_num_threads(prev)
+    assert not native.sm2_renorm_project(base[0], base[0], torch.empty(base.shape[1]), 1.0, floor, -1.0, 2.0)
+    assert not native.sm2_renorm_project(base[0].double(), base[1].double(), torch.empty(base.shape[1]).double(),
+                                         1.0, floor, -1.0, 2.0)
 
 
 @needs_native
@@ -214,6 +240,16 @@ def test_optimizer_steps_agree_with_the_torch_path(preset, torch_path):
     w_torch, lat_torch = three_steps(preset, 0.05)
     assert torch.allclose(w_native, w_torch, rtol=0, atol=1e-5)
     assert torch.allclose(lat_native, lat_torch, rtol=0, atol=1e-5 * (1 + lat_torch.abs().max().item()))
+
+
+@needs_native
+def test_primal_write_back_in_one_pass_equals_the_two_passes(monkeypatch):
+    """The engine's fused re-encoding and write-back (md-softmax) gives the weights and latents of the separate
+    renormalisation and projection, bit for bit."""
+    one = three_steps("md-softmax", 0.05)
+    monkeypatch.setattr(native, "sm2_renorm_project", lambda *a, **k: False)
+    two = three_steps("md-softmax", 0.05)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
 
 
 def _status_in_subprocess(env_update, tmp_path):

@@ -769,12 +769,23 @@ class LatentOptimizer(WrappedOptimizer):
         return [self.state[p]["latent"] for p in group["params"]]
 
     @torch.no_grad()
-    def _write(self, tr: Transform, group: Dict[str, Any], p: Tensor, theta: Tensor, v: Optional[float]) -> None:
-        """``p = alpha * F_v(theta)`` (or the hard levels when ``v`` is None), in place."""
+    def _write(self, tr: Transform, group: Dict[str, Any], p: Tensor, theta: Tensor, v: Optional[float],
+               encode: bool = False) -> None:
+        """``p = alpha * F_v(theta)`` (or the hard levels when ``v`` is None), in place.
+
+        With ``encode`` (the primal form after a base step) ``theta`` is first
+        re-encoded at ``v`` as :meth:`_encode` does, in the same pass as the
+        write where the transform has one (:meth:`Transform.reencode_project_into`).
+        """
         scratch = self._scratch(theta) if tr.needs_scratch and v is not None else None
         same = p.dtype == theta.dtype
         out: Optional[Tensor] = None
-        if v is None:
+        fused = encode and v is not None and same and tr.reencode_project_into(theta, v, p.data, scratch)
+        if encode and v is not None and not fused:
+            tr.reencode_(theta, v, v, scratch)
+        if fused:
+            out = p.data
+        elif v is None:
             w = tr.hard(theta)
             out = p.copy_(w) if same else None
         elif same:
@@ -791,15 +802,23 @@ class LatentOptimizer(WrappedOptimizer):
             p.copy_(w)
 
     @torch.no_grad()
-    def _project(self, gi: int, group: Dict[str, Any], only: Optional[List[bool]] = None) -> None:
+    def _project(self, gi: int, group: Dict[str, Any], only: Optional[List[bool]] = None,
+                 encode: Optional[List[bool]] = None) -> None:
+        """Write ``p = F_v(theta)`` for the group's parameters (those flagged in ``only``); the primal form first
+        re-encodes the latents flagged in ``encode`` (:meth:`_encode`), each with its write."""
         tr = self._transform(group)
         v = self._value(tr, group)
         hard = self._hard.get(gi) if self._hard else None
+        encode = encode if tr.primal else None
         self._projected.pop(gi, None)  # an interrupted projection is redone (_refresh, _undo_step)
         for i, p in enumerate(group["params"]):
+            enc = encode is not None and encode[i]
             if only is not None and not only[i]:
+                if enc:
+                    theta = self.state[p]["latent"]
+                    tr.reencode_(theta, v, v, self._scratch(theta) if tr.needs_scratch else None)
                 continue
-            self._write(tr, group, p, self.state[p]["latent"], v)
+            self._write(tr, group, p, self.state[p]["latent"], v, enc)
             if hard:
                 hard.discard(i)
         self._projected[gi] = v
@@ -978,9 +997,9 @@ class LatentOptimizer(WrappedOptimizer):
                     bt.grad = None
         try:
             for gi, group, has in stepped:
-                self._encode(self._transform(group), group, has)
-                # after a re-encoding, parameters without a gradient too: p = P(theta) at the new encoding, bit for bit
-                self._project(gi, group, None if gi in reencoded else has)
+                # the primal form re-encodes the stepped latents (_encode), each with its write; after a
+                # re-encoding at a new beta, parameters without a gradient are written too: p = P(theta) bit for bit
+                self._project(gi, group, None if gi in reencoded else has, encode=has)
         except BaseException:
             self._undo_step(reencoded, clobbered, stepped)
             raise

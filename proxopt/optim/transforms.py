@@ -91,6 +91,11 @@ class Transform:
         """``theta <- reencode(theta, old, new)`` in place (``old == new``: the primal form's per-step re-encoding)."""
         return theta.copy_(self.reencode(theta, old, new))
 
+    def reencode_project_into(self, theta: Tensor, v: float, out: Tensor, scratch: Optional[Tensor]) -> bool:
+        """``reencode_(theta, v, v)`` then ``project_into(theta, v, out)`` in one pass where the transform has
+        one (bit for bit the two calls); False, with nothing done, elsewhere (this default: always)."""
+        return False
+
     def rescale_(self, theta: Tensor, old: float, new: float, scratch: Optional[Tensor] = None) -> Tensor:
         """:meth:`reencode_` for a ``theta`` already re-encoded at ``old`` (the primal form's latents)."""
         return self.reencode_(theta, old, new, scratch)
@@ -186,6 +191,11 @@ class MirrorPair(Transform):
         if self.multi:
             return self.map.to_primal_into(theta, v, out, scratch)  # type: ignore[call-arg]
         return self.map.to_primal_into(theta, v, out)
+
+    def reencode_project_into(self, theta: Tensor, v: float, out: Tensor, scratch: Optional[Tensor]) -> bool:
+        """The primal form's write-back in one pass where the map has one
+        (:meth:`~proxopt.mirror_maps.MirrorMap.renormalize_to_primal_into`)."""
+        return self.primal and self.map.renormalize_to_primal_into(theta, v, out)
 
     def grad_into(self, theta: Tensor, g: Tensor, v: float, out: Tensor, scratch: Optional[Tensor]) -> Tensor:
         """The latent gradient into ``out``: ``g`` itself (``B' = 1``), ``dP * g`` (GD), or ``g q`` (softmax).
@@ -352,3 +362,9 @@ class ShardLocal(Transform):
 
     def reencode_(self, theta, old, new, scratch=None):
         return self._in_place(self.inner.reencode_, theta, old, new, scratch)
+
+    def reencode_project_into(self, theta, v, out, scratch):
+        if type(theta) in PLAIN and type(out) in PLAIN:
+            return self.inner.reencode_project_into(theta, v, out, scratch)
+        lt = self._loc(theta)
+        return self.inner.reencode_project_into(lt, v, self._loc(out), self._scr(scratch, lt))
