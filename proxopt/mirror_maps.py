@@ -512,57 +512,89 @@ class Softmax(MirrorMap):
     def to_dual(self, u: Tensor, beta: float = 1.0) -> Tensor:
         return torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)) / beta
 
-    def reencode(self, theta: Tensor, old: float, new: float) -> Tensor:
+    def reencode(self, theta: Tensor, old: float, new: float, log_partition: bool = False) -> Tensor:
         """``to_dual(u / max_k u_k, new)`` with ``u = to_simplex(theta, old)``: the primal form's recomputed dual.
 
         The dual of the kept simplex point whose largest entry is 0,
         ``log(u_j / max_k u_k) / new`` floored at ``log(tiny)/new`` (see
-        :meth:`renormalize_`), computed through ``u`` (the reference the
+        :meth:`renormalize_`); with ``log_partition``, ``to_dual(u, new) =
+        log(u)/new`` itself. Computed through ``u`` (the reference the
         in-place forms are tested against).
         """
         u = self.to_simplex(theta, old)
-        return self.to_dual(u / u.amax(-1, keepdim=True), new)
+        return self.to_dual(u if log_partition else u / u.amax(-1, keepdim=True), new)
 
-    def renormalize_(self, theta: Tensor, beta: float, scratch: Optional[Tensor] = None) -> Tensor:
+    def reencode_(self, theta: Tensor, old: float, new: float, scratch: Optional[Tensor] = None,
+                  log_partition: bool = False) -> Tensor:
+        """:meth:`MirrorMap.reencode_`: :meth:`renormalize_` at ``old`` (with ``log_partition``), times ``old/new``."""
+        self.renormalize_(theta, old, scratch, log_partition)
+        return theta if old == new else theta.mul_(old / new)
+
+    def renormalize_(self, theta: Tensor, beta: float, scratch: Optional[Tensor] = None,
+                     log_partition: bool = False) -> Tensor:
         """Primal form at fixed ``beta``: ``theta_j <- max(theta_j - max_k theta_k, log(tiny)/beta)``, in place.
 
         The primal form keeps the simplex point ``u = softmax(beta theta)``
         and recomputes its dual after every step (THEORY.md §5). Softmax is
         invariant to adding one constant to every ``theta_j``, so the duals
-        of ``u`` are ``log(u)/beta + c``; the primal form keeps the one whose
-        largest entry is 0,
+        of ``u`` are ``log(u)/beta + c``. By default the primal form keeps the
+        one whose largest entry is 0,
 
         .. math::
 
             \\theta_j \\leftarrow \\tfrac1\\beta \\log \\frac{u_j}{\\max_k u_k} = \\theta_j - \\max_k \\theta_k,
 
         floored at ``log(tiny)/beta`` where ``u_j / max_k u_k`` underflows
-        (as :meth:`to_dual` floors ``u`` at ``tiny``); :meth:`reencode`
-        computes the same dual through ``u``. The choice of ``c`` does not
-        change the iterates ``w`` in exact arithmetic when the base update
-        does not depend on ``theta`` itself (Adam, SGD, ... without coupled
-        weight decay; decoupled decay, AdamW's, scales every difference
-        alike). The subtraction is exact in floating point: every difference
-        with the largest entry is kept bit for bit (``a - b`` rounds as
-        ``-(b - a)``), so ``w`` and the hard levels (argmax) are those of the
-        dual before it, where the log-partition representative
-        ``log(u)/beta`` would move them by rounding; and it costs no
-        transcendental function. One pass
-        of :func:`proxopt.native.sm2_renorm` for float32 CPU duals with two
+        (as :meth:`to_dual` floors ``u`` at ``tiny``); entries equal to the
+        max become ``+0`` exactly (an infinite max too, instead of
+        ``inf - inf``). The subtraction is exact in floating point: every
+        difference with the largest entry is kept bit for bit (``a - b``
+        rounds as ``-(b - a)``), so where the floor does not act ``w`` is
+        unchanged by it bit for bit and so are the hard levels (argmax),
+        except that with denormals flushed (``torch.set_flush_denormal``) a
+        difference below the smallest normal number becomes a tie; and it
+        costs no transcendental function. One pass of
+        :func:`proxopt.native.sm2_renorm` for float32 CPU duals with two
         contiguous level columns; else ``M = max_j theta_j`` into a
         contiguous buffer (from ``scratch``, a workspace of ``theta``'s
-        shape), ``theta_j - M`` per column and the floor.
+        shape), then ``theta_j - M`` and the floor per column.
+
+        With ``log_partition`` it keeps ``to_dual(u) = log(u)/beta`` itself,
+        ``theta_j - LSE(beta theta)/beta`` (``LSE(x) = log sum_j exp(x_j)``,
+        computed as ``M + log(sum_j exp(beta (theta_j - M)))/beta``), floored
+        the same way; torch operations, about 4 passes per level. The two
+        choices give the same iterates ``w`` in exact arithmetic when the base
+        update does not depend on ``theta`` itself;
+        :class:`~proxopt.MirrorDescent` uses ``log_partition`` for base
+        optimizers whose update may (coupled weight decay in Adam, RMSprop,
+        ...; optimizers it does not know).
         """
         if theta.numel() == 0:
             return theta
         cols = theta.unbind(-1)
         floor = _dual_floor(theta.dtype, beta)
+        if log_partition:
+            lse, e, tot = self._buffers(theta, scratch, 3)
+            self._column_max(theta, lse)
+            for j, e in self._shifted_exps(theta, lse, e, beta):
+                if j == 0:
+                    tot.copy_(e)
+                else:
+                    tot.add_(e)
+            tot.log_()
+            if beta != 1.0:
+                tot.div_(beta)
+            lse.add_(tot)
+            for c in cols:
+                torch.sub(c, lse, out=c)
+            return theta.clamp_min_(floor)
         if len(cols) == 2 and native.sm2_renorm(cols[0], cols[1], floor):
             return theta
         (top,) = self._buffers(theta, scratch, 1)
         self._column_max(theta, top)
         for c in cols:
-            torch.sub(c, top, out=c)
+            at_max = c == top  # +0 there, exactly (also for an infinite max: not inf - inf)
+            torch.sub(c, top, out=c).masked_fill_(at_max, 0.0)
         return theta.clamp_min_(floor)
 
     def renormalize_to_primal_into(self, theta: Tensor, beta: float, out: Tensor) -> bool:

@@ -86,18 +86,23 @@ static void project_range(const args_t *A, long lo, long hi) {
     }
 }
 
-/* theta_j - max_k theta_k, floored: the larger entry becomes 0 and the other -|theta_1 - theta_0| (exactly: a
- * difference rounds the same with its sign flipped), so the projection's theta_1 - theta_0 is unchanged bit
- * for bit; NaN propagates, as torch.maximum does. */
+/* theta_j - max_k theta_k, floored, with the entries equal to the max set to +0: the larger entry becomes 0 and
+ * the other -|theta_1 - theta_0| (exactly: a difference rounds the same with its sign flipped), so the
+ * projection's theta_1 - theta_0 is unchanged bit for bit. An infinite max gives 0 where the entry equals it
+ * (the floor elsewhere) instead of inf - inf; NaN propagates, as torch.maximum does. */
+static inline float shift_floor(float x, float m, float fl) {
+    float y = x == m ? 0.0f : x - m;
+    return y < fl ? fl : y;
+}
+
 static void renorm_range(const args_t *A, long lo, long hi) {
     float *t0 = A->o0, *t1 = A->o1;
     const float fl = A->floor_;
     for (long i = lo; i < hi; i++) {
         float a = t0[i], b = t1[i];
         float m = (a > b || a != a) ? a : b;
-        float x0 = a - m, x1 = b - m;
-        t0[i] = x0 < fl ? fl : x0;
-        t1[i] = x1 < fl ? fl : x1;
+        t0[i] = shift_floor(a, m, fl);
+        t1[i] = shift_floor(b, m, fl);
     }
 }
 
@@ -109,9 +114,7 @@ static void renorm_project_range(const args_t *A, long lo, long hi) {
     for (long i = lo; i < hi; i++) {
         float u = t0[i], v = t1[i];
         float m = (u > v || u != u) ? u : v;
-        float x0 = u - m, x1 = v - m;
-        x0 = x0 < fl ? fl : x0;
-        x1 = x1 < fl ? fl : x1;
+        float x0 = shift_floor(u, m, fl), x1 = shift_floor(v, m, fl);
         t0[i] = x0;
         t1[i] = x1;
         float z = (x1 - x0) * beta;
@@ -273,4 +276,4 @@ void proxopt_ss_grad(const float *theta, const float *g, float *out, long n, flo
 }
 
 /* the interface version native.py checks */
-int proxopt_native_version(void) { return 4; }
+int proxopt_native_version(void) { return 5; }

@@ -70,7 +70,7 @@ from torch import Tensor
 __all__ = ["available", "status", "sm2_project", "sm2_renorm", "sm2_renorm_project", "sm2_pullback", "sign_swish",
            "sign_swish_grad"]
 
-_VERSION = 4
+_VERSION = 5
 _SOURCE = Path(__file__).with_name("native.c")
 _FLAGS = ("-O3", "-fPIC", "-shared", "-fno-fast-math", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
 #: tried in order: the machine's vector units and OpenMP threads, then without either
@@ -231,7 +231,16 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
     floor = float(torch.tensor(math.log(torch.finfo(torch.float32).tiny), dtype=torch.float32) / beta)
     lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), n, floor, 1)
     top = torch.maximum(t0, t1)
-    if not (torch.equal(r0, (t0 - top).clamp_min(floor)) and torch.equal(r1, (t1 - top).clamp_min(floor))):
+    e0 = (t0 - top).masked_fill(t0 == top, 0.0).clamp_min(floor)
+    e1 = (t1 - top).masked_fill(t1 == top, 0.0).clamp_min(floor)
+    odd = torch.tensor([[0.0, math.inf], [math.inf, 0.0], [-math.inf, 0.0], [math.inf, math.inf], [-0.0, 0.0],
+                        [0.0, -0.0], [-0.0, -0.0], [-3.0, -math.inf]])
+    o0, o1 = odd[:, 0].clone(), odd[:, 1].clone()
+    lib.proxopt_sm2_renorm(o0.data_ptr(), o1.data_ptr(), odd.shape[0], floor, 1)
+    want = torch.tensor([[floor, 0.0], [0.0, floor], [floor, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0],
+                         [0.0, floor]])
+    if not (torch.equal(r0, e0) and torch.equal(r1, e1)
+            and torch.equal(torch.stack([o0, o1], 1).view(torch.int32), want.view(torch.int32))):
         return "renormalisation check failed"
     f0, f1, fw, rw = t0.clone(), t1.clone(), torch.empty(n), torch.empty(n)
     lib.proxopt_sm2_renorm_project(f0.data_ptr(), f1.data_ptr(), fw.data_ptr(), n, beta, floor, -1.0, 2.0, 1)
@@ -357,7 +366,8 @@ def sm2_project(t0: Tensor, t1: Tensor, out: Tensor, beta: float, a: float, b: f
 
 
 def sm2_renorm(t0: Tensor, t1: Tensor, floor: float) -> bool:
-    """``t_j <- max(t_j - max(t0, t1), floor)`` in place, natively (bit for bit the torch result: the larger
+    """``t_j <- max(t_j - max(t0, t1), floor)`` in place with ``+0`` where ``t_j`` is the max (an infinite one
+    too), natively, bit for bit the torch path of :meth:`proxopt.mirror_maps.Softmax.renormalize_` (the larger
     column becomes 0, the other ``-|t1 - t0|``); False (nothing done) where the torch path must run."""
     lib = _load()
     n = t0.numel()

@@ -93,6 +93,107 @@ def test_softmax_renormalize_keeps_w_and_the_argmax_bit_for_bit(levels, dtype, l
     assert torch.equal(w1[kept], w0[kept]) and int(kept.sum()) > 1000
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("levels", ["binary", "ternary"])
+def test_softmax_log_partition_renormalize_matches_reencode(levels, dtype):
+    """The other representative, ``log(u)/beta`` (LSE(beta theta) = 0), against the round trip through u."""
+    m = mm.Softmax(levels)
+    th = torch.randn(500, len(m.levels), generator=torch.Generator().manual_seed(4), dtype=dtype) * 4
+    for beta in (1.0, 3.0):
+        got = m.renormalize_(th.clone(), beta, torch.empty_like(th), log_partition=True)
+        ref = m.reencode(th, beta, beta, log_partition=True)
+        torch.testing.assert_close(got, ref, rtol=0.0, atol=16 * torch.finfo(dtype).eps * float(th.abs().max()))
+        assert float(torch.logsumexp(beta * got, -1).abs().max()) <= 64 * torch.finfo(dtype).eps * (1 + beta * 16)
+        for old, new in ((beta, 2 * beta), (beta, beta)):
+            again = m.reencode_(th.clone(), old, new, torch.empty_like(th), log_partition=True)
+            torch.testing.assert_close(m.to_simplex(again, new), m.to_simplex(th, old), rtol=0.0,
+                                       atol=64 * torch.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softmax_renormalize_infinities_and_signed_zeros(dtype):
+    """An infinite max gives 0 where the entry equals it and the floor elsewhere (not inf - inf = NaN); max entries
+    are +0; NaN propagates; the native kernel and the torch path agree bit for bit, signs of zeros included."""
+    inf, nan = float("inf"), float("nan")
+    rows = [[0.0, inf], [inf, 0.0], [-inf, 0.0], [inf, inf], [-0.0, 0.0], [0.0, -0.0], [-0.0, -0.0], [2.0, 5.0],
+            [nan, 1.0], [1.0, nan], [-inf, -inf]]
+    base = torch.tensor(rows, dtype=dtype).t().contiguous()
+    m = mm.Softmax()
+    floor = mm._dual_floor(dtype, 1.0)
+    got = m.renormalize_(base.clone().movedim(0, -1), 1.0).t()
+    want = torch.tensor([[floor, 0.0], [0.0, floor], [floor, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0],
+                         [-3.0, 0.0], [nan, nan], [nan, nan], [0.0, 0.0]], dtype=dtype).t()
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    assert torch.equal(got[:, :8].contiguous().view(bits), want[:, :8].contiguous().view(bits))
+    assert bool(got[:, 8:10].isnan().all()) and torch.equal(got[:, 10], want[:, 10])
+    w = torch.empty(len(rows), dtype=dtype)
+    m.to_primal_into(got.t(), 1.0, w)
+    assert w[:4].tolist() == [1.0, -1.0, 1.0, 0.0]
+
+
+def _torch_only(monkeypatch):
+    from proxopt import native
+    for name in ("sm2_project", "sm2_renorm", "sm2_renorm_project", "sm2_pullback"):
+        monkeypatch.setattr(native, name, lambda *a, **k: False)
+
+
+def test_softmax_renormalize_native_equals_torch_bit_for_bit_on_odd_values(monkeypatch):
+    inf = float("inf")
+    base = torch.tensor([[0.0, inf], [inf, 0.0], [-inf, 0.0], [inf, inf], [-0.0, 0.0], [0.0, -0.0], [-0.0, -0.0],
+                         [3e38, -3e38], [1e-40, -1e-40]]).t().contiguous()
+    base = torch.cat([base, torch.randn(2, 70_000) * 30], 1)
+    m = mm.Softmax()
+    a = m.renormalize_(base.clone().movedim(0, -1), 1.7)
+    _torch_only(monkeypatch)
+    b = m.renormalize_(base.clone().movedim(0, -1), 1.7)
+    assert torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
+
+
+def _md_softmax_primal(base, kw, steps=25):
+    """w after ``steps`` of primal md-softmax (float64) and the same steps by THEORY.md §5 written out: keep u,
+    theta = to_dual(u) = log(u)/beta before every base step, grad_theta = g q."""
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(32, 6, generator=g, dtype=torch.float64), torch.randn(32, 3, generator=g, dtype=torch.float64)
+    w = torch.nn.Parameter(torch.rand(3, 6, generator=g, dtype=torch.float64) * 1.6 - 0.8)
+    opt = proxopt.optimizer("md-softmax", [w], base=base, **kw)
+    u = torch.softmax(opt.state[w]["latent"].detach().clone(), -1)
+    for _ in range(steps):
+        opt.zero_grad()
+        ((x @ w.T - y) ** 2).mean().backward()
+        opt.step()
+    q = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    theta = torch.nn.Parameter(torch.log(u))
+    ref = base([theta], **kw)
+    for _ in range(steps):
+        with torch.no_grad():
+            theta.copy_(torch.log_softmax(theta, -1))
+        ww = (torch.softmax(theta, -1) @ q).detach().requires_grad_()
+        ((x @ ww.T - y) ** 2).mean().backward()
+        theta.grad = ww.grad.unsqueeze(-1) * q
+        ref.step()
+    return w.detach(), (torch.softmax(theta, -1) @ q).detach(), opt
+
+
+@pytest.mark.parametrize("base,kw,lse", [
+    (torch.optim.Adam, {"lr": 0.05}, False),
+    (torch.optim.Adam, {"lr": 0.05, "weight_decay": 0.05}, True),
+    (torch.optim.AdamW, {"lr": 0.05, "weight_decay": 0.05}, False),
+    (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.05}, False),
+    (torch.optim.RMSprop, {"lr": 0.01, "weight_decay": 0.05}, True),
+    (torch.optim.ASGD, {"lr": 0.05}, True),
+], ids=["adam", "adam-wd", "adamw-wd", "sgd-wd", "rmsprop-wd", "asgd"])
+def test_primal_softmax_follows_theory_with_any_base(base, kw, lse):
+    """The dual with largest entry 0 where the base update ignores a common shift of the dual, log(u)/beta (THEORY's
+    to_dual) where it may not: either way the iterates are THEORY.md §5's, to float64 rounding."""
+    got, want, opt = _md_softmax_primal(base, kw)
+    torch.testing.assert_close(got, want, rtol=0.0, atol=1e-12)
+    th = next(iter(opt.state.values()))["latent"]
+    if lse:
+        assert float(torch.logsumexp(th, -1).abs().max()) < 1e-12
+    else:
+        assert float(th.max(-1).values.abs().max()) == 0.0
+
+
 def _problem(seed=0, n=64, k=16):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, k, generator=g)

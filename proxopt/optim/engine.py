@@ -724,7 +724,9 @@ class LatentOptimizer(WrappedOptimizer):
         which in floating point is what the saturation of ``P_v`` does to
         ``theta``: a clamp to ``±atanh(m)/v`` for tanh; for softmax, whose
         duals of a point differ by a common shift, the one with largest
-        entry 0, floored (:meth:`~proxopt.mirror_maps.MirrorMap.renormalize_`).
+        entry 0, floored, or ``log(u)/v`` where the base update depends on
+        the shift (:meth:`~proxopt.mirror_maps.Softmax.renormalize_`,
+        :class:`~proxopt.MirrorDescent`).
         The stable form keeps ``theta`` as it is.
         """
         if not tr.primal:
@@ -805,20 +807,17 @@ class LatentOptimizer(WrappedOptimizer):
     def _project(self, gi: int, group: Dict[str, Any], only: Optional[List[bool]] = None,
                  encode: Optional[List[bool]] = None) -> None:
         """Write ``p = F_v(theta)`` for the group's parameters (those flagged in ``only``); the primal form first
-        re-encodes the latents flagged in ``encode`` (:meth:`_encode`), each with its write."""
+        re-encodes the latents flagged in ``encode`` (:meth:`_encode`; a subset of those written), each with its
+        write."""
         tr = self._transform(group)
         v = self._value(tr, group)
         hard = self._hard.get(gi) if self._hard else None
         encode = encode if tr.primal else None
         self._projected.pop(gi, None)  # an interrupted projection is redone (_refresh, _undo_step)
         for i, p in enumerate(group["params"]):
-            enc = encode is not None and encode[i]
             if only is not None and not only[i]:
-                if enc:
-                    theta = self.state[p]["latent"]
-                    tr.reencode_(theta, v, v, self._scratch(theta) if tr.needs_scratch else None)
                 continue
-            self._write(tr, group, p, self.state[p]["latent"], v, enc)
+            self._write(tr, group, p, self.state[p]["latent"], v, encode is not None and encode[i])
             if hard:
                 hard.discard(i)
         self._projected[gi] = v

@@ -15,7 +15,17 @@ from .. import mirror_maps as mm
 from .engine import LatentOptimizer
 from .transforms import MirrorPair, Transform
 
-__all__ = ["MirrorDescent"]
+__all__ = ["MirrorDescent", "SHIFT_FREE", "SHIFT_FREE_UNDECAYED"]
+
+#: Base optimizers whose update of a weight's softmax dual is unchanged, up to one constant for all its
+#: entries, when a constant is added to them: the duals ``log(u)/beta + c`` of the primal form then give the
+#: same iterates (SGD: linear in ``theta``, coupled weight decay included; AdamW: decoupled decay).
+SHIFT_FREE: Tuple[Type[Optimizer], ...] = (torch.optim.SGD, torch.optim.AdamW)
+#: Elementwise base optimizers whose update depends on the gradients alone unless coupled weight decay
+#: (``weight_decay`` > 0 without ``decoupled_weight_decay``) adds ``theta`` to the gradient.
+SHIFT_FREE_UNDECAYED: Tuple[Type[Optimizer], ...] = (
+    torch.optim.Adam, torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam, torch.optim.RMSprop,
+    torch.optim.Adagrad, torch.optim.Adadelta, torch.optim.Rprop)
 
 
 class MirrorDescent(LatentOptimizer):
@@ -42,7 +52,13 @@ class MirrorDescent(LatentOptimizer):
     size ``d`` (``d`` times the memory) and the dual gradient is ``g_w q``.
     The dual ``(..., d)`` is stored level-major (one contiguous block per
     level) and the base optimizer steps its contiguous ``(d, ...)`` view;
-    state dicts hold the ``(..., d)`` shape.
+    state dicts hold the ``(..., d)`` shape. Softmax ignores a constant added
+    to every entry, so the primal form's dual of ``u`` is
+    ``log(u)/beta + c``: proxopt keeps the one with largest entry 0, computed
+    exactly, when the base update does not depend on ``theta`` itself
+    (:data:`SHIFT_FREE`, and :data:`SHIFT_FREE_UNDECAYED` without coupled
+    weight decay: the same iterates for every ``c``), else ``log(u)/beta``
+    (:meth:`proxopt.mirror_maps.Softmax.renormalize_`).
 
     Args:
         params: parameters or param groups (groups may set ``mirror_map``,
@@ -86,8 +102,31 @@ class MirrorDescent(LatentOptimizer):
             raise ValueError(f"Invalid stable: False with mirror_map={m!r} (only the stable form is defined "
                              "for this map, THEORY.md §5)")
 
+    def _log_partition(self, group: Dict[str, Any]) -> bool:
+        """Whether the primal softmax form keeps the dual ``log(u)/beta`` (``LSE(beta theta) = 0``).
+
+        Its duals ``log(u)/beta + c`` give the same iterates when the base
+        update does not depend on ``theta`` itself; proxopt then keeps the
+        one with largest entry 0, which it computes exactly
+        (:meth:`~proxopt.mirror_maps.Softmax.renormalize_`). That holds for
+        :data:`SHIFT_FREE` bases, and for :data:`SHIFT_FREE_UNDECAYED` ones
+        without coupled weight decay; any other base gets ``log(u)/beta``,
+        the dual THEORY.md §5 writes.
+        """
+        if group["stable"] or mm.get(group["mirror_map"]).dual_size is None:
+            return False
+        base = self._base_cls
+        if base in SHIFT_FREE:
+            return False
+        if base in SHIFT_FREE_UNDECAYED:
+            def setting(key: str, default: Any) -> Any:
+                return group.get(key, self._base_kwargs.get(key, default))
+            return bool(setting("weight_decay", 0.0)) and not setting("decoupled_weight_decay", False)
+        return True
+
     def _transform_key(self, group: Dict[str, Any]) -> Tuple[Any, ...]:
-        return ("md", group["mirror_map"], group["stable"], group["exact_gradient"])
+        return ("md", group["mirror_map"], group["stable"], group["exact_gradient"], self._log_partition(group))
 
     def _build_transform(self, group: Dict[str, Any]) -> Transform:
-        return MirrorPair(mm.get(group["mirror_map"]), group["stable"], group["exact_gradient"])
+        return MirrorPair(mm.get(group["mirror_map"]), group["stable"], group["exact_gradient"],
+                          self._log_partition(group))

@@ -135,12 +135,17 @@ class MirrorPair(Transform):
     """Mirror descent: ``F = P_beta``, ``B' = 1`` (stable or primal form) [MD].
 
     With ``exact_gradient=True`` the Jacobian of ``P_beta`` is applied
-    (``B' = dP/dtheta``): the GD-tanh baseline, not mirror descent.
+    (``B' = dP/dtheta``): the GD-tanh baseline, not mirror descent. With
+    ``log_partition=True`` the primal form of the softmax map keeps the dual
+    ``log(u)/beta`` rather than the one with largest entry 0
+    (:meth:`~proxopt.mirror_maps.Softmax.renormalize_`).
     """
 
-    def __init__(self, mirror_map: mm.MirrorMap, stable: bool = True, exact_gradient: bool = False) -> None:
+    def __init__(self, mirror_map: mm.MirrorMap, stable: bool = True, exact_gradient: bool = False,
+                 log_partition: bool = False) -> None:
         self.map = mirror_map
         self.primal = not stable
+        self.log_partition = bool(log_partition) and mirror_map.dual_size is not None
         self.exact = exact_gradient
         self.multi = mirror_map.dual_size is not None
         self.unit_backward = not exact_gradient and not self.multi
@@ -195,7 +200,7 @@ class MirrorPair(Transform):
     def reencode_project_into(self, theta: Tensor, v: float, out: Tensor, scratch: Optional[Tensor]) -> bool:
         """The primal form's write-back in one pass where the map has one
         (:meth:`~proxopt.mirror_maps.MirrorMap.renormalize_to_primal_into`)."""
-        return self.primal and self.map.renormalize_to_primal_into(theta, v, out)
+        return self.primal and not self.log_partition and self.map.renormalize_to_primal_into(theta, v, out)
 
     def grad_into(self, theta: Tensor, g: Tensor, v: float, out: Tensor, scratch: Optional[Tensor]) -> Tensor:
         """The latent gradient into ``out``: ``g`` itself (``B' = 1``), ``dP * g`` (GD), or ``g q`` (softmax).
@@ -222,7 +227,7 @@ class MirrorPair(Transform):
         """``P_new^{-1}(P_old(theta))``: the dual recomputed from the kept primal point."""
         m = self.map
         if self.multi:
-            return m.reencode(theta, old, new)  # type: ignore[attr-defined]
+            return m.reencode(theta, old, new, self.log_partition)  # type: ignore[attr-defined]
         return m.to_dual(m.to_primal(theta, old), new)
 
     def reencode_(self, theta: Tensor, old: float, new: float, scratch: Optional[Tensor] = None) -> Tensor:
@@ -231,9 +236,12 @@ class MirrorPair(Transform):
         At a fixed ``beta`` the primal form's "dual recomputed from the
         primal point" is, up to rounding, a clamp to ``±atanh(m)/beta`` for
         the tanh map (one pass instead of tanh, clamp, atanh, divide and a
-        copy) and the shift to a largest entry of 0 for the softmax map; a
-        change of ``beta`` adds one multiply by ``old/new``.
+        copy) and the shift to a largest entry of 0 for the softmax map (or
+        the subtraction of the log-partition, ``log_partition``); a change of
+        ``beta`` adds one multiply by ``old/new``.
         """
+        if self.log_partition:
+            return self.map.reencode_(theta, old, new, scratch, log_partition=True)  # type: ignore[call-arg]
         return self.map.reencode_(theta, old, new, scratch)
 
     def rescale_(self, theta: Tensor, old: float, new: float, scratch: Optional[Tensor] = None) -> Tensor:
