@@ -113,16 +113,15 @@ class MirrorDescent(LatentOptimizer):
         without coupled weight decay; any other base gets ``log(u)/beta``,
         the dual THEORY.md §5 writes.
         """
-        if group["stable"] or mm.get(group["mirror_map"]).dual_size is None:
-            return False
         base = self._base_cls
-        if base in SHIFT_FREE:
+        if group["stable"] or base in SHIFT_FREE:
             return False
         if base in SHIFT_FREE_UNDECAYED:
             def setting(key: str, default: Any) -> Any:
                 return group.get(key, self._base_kwargs.get(key, default))
-            return bool(setting("weight_decay", 0.0)) and not setting("decoupled_weight_decay", False)
-        return True
+            if not setting("weight_decay", 0.0) or setting("decoupled_weight_decay", False):
+                return False
+        return mm.get(group["mirror_map"]).dual_size is not None
 
     def _transform_key(self, group: Dict[str, Any]) -> Tuple[Any, ...]:
         return ("md", group["mirror_map"], group["stable"], group["exact_gradient"], self._log_partition(group))
