@@ -547,7 +547,9 @@ class Softmax(MirrorMap):
         floored at ``log(tiny)/beta`` where ``u_j / max_k u_k`` underflows
         (as :meth:`to_dual` floors ``u`` at ``tiny``); entries equal to the
         max become ``+0`` exactly (an infinite max too, instead of
-        ``inf - inf``). The subtraction is exact in floating point: every
+        ``inf - inf``; two levels go through ``d = theta_1 - theta_0``: the
+        larger entry ``+0``, the other ``max(-|d|, floor)``, NaN in both
+        where ``d`` is NaN). The subtraction is exact in floating point: every
         difference with the largest entry is kept bit for bit (``a - b``
         rounds as ``-(b - a)``), so where the floor does not act ``w`` is
         unchanged by it bit for bit and so are the hard levels (argmax),
@@ -555,9 +557,9 @@ class Softmax(MirrorMap):
         difference below the smallest normal number becomes a tie; and it
         costs no transcendental function. One pass of
         :func:`proxopt.native.sm2_renorm` for float32 CPU duals with two
-        contiguous level columns; else ``M = max_j theta_j`` into a
-        contiguous buffer (from ``scratch``, a workspace of ``theta``'s
-        shape), then ``theta_j - M`` and the floor per column.
+        contiguous level columns, else torch operations on a contiguous
+        buffer (from ``scratch``, a workspace of ``theta``'s shape): ``d``
+        for two levels, ``M = max_j theta_j`` for more.
 
         With ``log_partition`` it keeps ``to_dual(u) = log(u)/beta`` itself,
         ``theta_j - LSE(beta theta)/beta`` (``LSE(x) = log sum_j exp(x_j)``,
@@ -588,7 +590,16 @@ class Softmax(MirrorMap):
             for c in cols:
                 torch.sub(c, lse, out=c)
             return theta.clamp_min_(floor)
-        if len(cols) == 2 and native.sm2_renorm(cols[0], cols[1], floor):
+        if len(cols) == 2:
+            if native.sm2_renorm(cols[0], cols[1], floor):
+                return theta
+            # as the kernel: through d = theta_1 - theta_0, the larger entry +0 and the other max(-|d|, floor)
+            (d,) = self._buffers(theta, scratch, 1)
+            torch.sub(cols[1], cols[0], out=d)
+            ge, lt = d >= 0, d < 0  # both False where d is NaN: NaN in both entries
+            d.abs_().neg_().clamp_min_(floor)
+            cols[1].copy_(d).masked_fill_(ge, 0.0)
+            cols[0].copy_(d).masked_fill_(lt, 0.0)
             return theta
         (top,) = self._buffers(theta, scratch, 1)
         self._column_max(theta, top)

@@ -86,23 +86,27 @@ static void project_range(const args_t *A, long lo, long hi) {
     }
 }
 
-/* theta_j - max_k theta_k, floored, with the entries equal to the max set to +0: the larger entry becomes 0 and
- * the other -|theta_1 - theta_0| (exactly: a difference rounds the same with its sign flipped), so the
- * projection's theta_1 - theta_0 is unchanged bit for bit. An infinite max gives 0 where the entry equals it
- * (the floor elsewhere) instead of inf - inf; NaN propagates, as torch.maximum does. */
-static inline float shift_floor(float x, float m, float fl) {
-    float y = x == m ? 0.0f : x - m;
-    return y < fl ? fl : y;
+/* theta_j - max_k theta_k, floored, through d = theta_1 - theta_0: the larger entry becomes +0 and the other
+ * max(-|d|, floor), which is theta_min - theta_max exactly (a difference rounds the same with its sign flipped),
+ * so the projection's theta_1 - theta_0 is d bit for bit. An infinite d gives 0 and the floor (not inf - inf);
+ * a NaN d (a NaN entry, or two equal infinities) NaN in both. */
+static inline void renorm_pair(float a, float b, float fl, float *x0, float *x1) {
+    float d = b - a;
+    float o = -fabsf(d);
+    o = o < fl ? fl : o;
+    float zero = d != d ? d : 0.0f;
+    *x1 = d >= 0.0f ? zero : o;
+    *x0 = d >= 0.0f ? o : zero;
 }
 
 static void renorm_range(const args_t *A, long lo, long hi) {
     float *t0 = A->o0, *t1 = A->o1;
     const float fl = A->floor_;
     for (long i = lo; i < hi; i++) {
-        float a = t0[i], b = t1[i];
-        float m = (a > b || a != a) ? a : b;
-        t0[i] = shift_floor(a, m, fl);
-        t1[i] = shift_floor(b, m, fl);
+        float x0, x1;
+        renorm_pair(t0[i], t1[i], fl, &x0, &x1);
+        t0[i] = x0;
+        t1[i] = x1;
     }
 }
 
@@ -112,9 +116,8 @@ static void renorm_project_range(const args_t *A, long lo, long hi) {
     float *t0 = A->o0, *t1 = A->o1, *out = A->out;
     const float fl = A->floor_, beta = A->beta, a = A->a, b = A->b;
     for (long i = lo; i < hi; i++) {
-        float u = t0[i], v = t1[i];
-        float m = (u > v || u != u) ? u : v;
-        float x0 = shift_floor(u, m, fl), x1 = shift_floor(v, m, fl);
+        float x0, x1;
+        renorm_pair(t0[i], t1[i], fl, &x0, &x1);
         t0[i] = x0;
         t1[i] = x1;
         float z = (x1 - x0) * beta;
@@ -276,4 +279,4 @@ void proxopt_ss_grad(const float *theta, const float *g, float *out, long n, flo
 }
 
 /* the interface version native.py checks */
-int proxopt_native_version(void) { return 5; }
+int proxopt_native_version(void) { return 6; }

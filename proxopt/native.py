@@ -70,7 +70,7 @@ from torch import Tensor
 __all__ = ["available", "status", "sm2_project", "sm2_renorm", "sm2_renorm_project", "sm2_pullback", "sign_swish",
            "sign_swish_grad"]
 
-_VERSION = 5
+_VERSION = 6
 _SOURCE = Path(__file__).with_name("native.c")
 _FLAGS = ("-O3", "-fPIC", "-shared", "-fno-fast-math", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
 #: tried in order: the machine's vector units and OpenMP threads, then without either
@@ -231,13 +231,12 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
     floor = float(torch.tensor(math.log(torch.finfo(torch.float32).tiny), dtype=torch.float32) / beta)
     lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), n, floor, 1)
     top = torch.maximum(t0, t1)
-    e0 = (t0 - top).masked_fill(t0 == top, 0.0).clamp_min(floor)
-    e1 = (t1 - top).masked_fill(t1 == top, 0.0).clamp_min(floor)
-    odd = torch.tensor([[0.0, math.inf], [math.inf, 0.0], [-math.inf, 0.0], [math.inf, math.inf], [-0.0, 0.0],
-                        [0.0, -0.0], [-0.0, -0.0], [-3.0, -math.inf]])
+    e0, e1 = (t0 - top).clamp_min(floor), (t1 - top).clamp_min(floor)
+    odd = torch.tensor([[0.0, math.inf], [math.inf, 0.0], [-math.inf, 0.0], [-0.0, 0.0], [0.0, -0.0], [-0.0, -0.0],
+                        [-3.0, -math.inf]])
     o0, o1 = odd[:, 0].clone(), odd[:, 1].clone()
     lib.proxopt_sm2_renorm(o0.data_ptr(), o1.data_ptr(), odd.shape[0], floor, 1)
-    want = torch.tensor([[floor, 0.0], [0.0, floor], [floor, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0],
+    want = torch.tensor([[floor, 0.0], [0.0, floor], [floor, 0.0], [-0.0, 0.0], [-0.0, 0.0], [-0.0, 0.0],
                          [0.0, floor]])
     if not (torch.equal(r0, e0) and torch.equal(r1, e1)
             and torch.equal(torch.stack([o0, o1], 1).view(torch.int32), want.view(torch.int32))):
@@ -366,9 +365,10 @@ def sm2_project(t0: Tensor, t1: Tensor, out: Tensor, beta: float, a: float, b: f
 
 
 def sm2_renorm(t0: Tensor, t1: Tensor, floor: float) -> bool:
-    """``t_j <- max(t_j - max(t0, t1), floor)`` in place with ``+0`` where ``t_j`` is the max (an infinite one
-    too), natively, bit for bit the torch path of :meth:`proxopt.mirror_maps.Softmax.renormalize_` (the larger
-    column becomes 0, the other ``-|t1 - t0|``); False (nothing done) where the torch path must run."""
+    """``t_j <- max(t_j - max(t0, t1), floor)`` in place, through ``d = t1 - t0``: the larger entry ``+0``, the
+    other ``max(-|d|, floor)`` (an infinite ``d`` gives 0 and the floor, a NaN ``d`` NaN in both), natively, bit
+    for bit the torch path of :meth:`proxopt.mirror_maps.Softmax.renormalize_`; False (nothing done) where the
+    torch path must run."""
     lib = _load()
     n = t0.numel()
     if lib is None or not _ok(n, t0, t1):
