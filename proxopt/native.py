@@ -354,14 +354,20 @@ def _threads(n: int) -> int:
     return torch.get_num_threads() if n >= 65536 else 1
 
 
+def _run(kernel: str, tensors: Tuple[Tensor, ...], *scalars: float) -> bool:
+    """``proxopt_<kernel>(pointers..., n, scalars..., threads)`` on same-sized ``tensors``; False (nothing done)
+    where the torch path must run (no library, or tensors the kernels do not take: :func:`_ok`)."""
+    lib = _load()
+    n = tensors[0].numel()
+    if lib is None or not _ok(n, *tensors):
+        return False
+    getattr(lib, "proxopt_" + kernel)(*(t.data_ptr() for t in tensors), n, *scalars, _threads(n))
+    return True
+
+
 def sm2_project(t0: Tensor, t1: Tensor, out: Tensor, beta: float, a: float, b: float) -> bool:
     """``out = a + b sigma(beta (t1 - t0))`` natively; False (nothing done) where the torch path must run."""
-    lib = _load()
-    n = out.numel()
-    if lib is None or not _ok(n, t0, t1, out):
-        return False
-    lib.proxopt_sm2_project(t0.data_ptr(), t1.data_ptr(), out.data_ptr(), n, beta, a, b, _threads(n))
-    return True
+    return _run("sm2_project", (t0, t1, out), beta, a, b)
 
 
 def sm2_renorm(t0: Tensor, t1: Tensor, floor: float) -> bool:
@@ -369,55 +375,30 @@ def sm2_renorm(t0: Tensor, t1: Tensor, floor: float) -> bool:
     other ``max(-|d|, floor)`` (an infinite ``d`` gives 0 and the floor, a NaN ``d`` NaN in both), natively, bit
     for bit the torch path of :meth:`proxopt.mirror_maps.Softmax.renormalize_`; False (nothing done) where the
     torch path must run."""
-    lib = _load()
-    n = t0.numel()
-    if lib is None or not _ok(n, t0, t1):
-        return False
-    lib.proxopt_sm2_renorm(t0.data_ptr(), t1.data_ptr(), n, floor, _threads(n))
-    return True
+    return _run("sm2_renorm", (t0, t1), floor)
 
 
 def sm2_renorm_project(t0: Tensor, t1: Tensor, out: Tensor, beta: float, floor: float, a: float, b: float) -> bool:
     """:func:`sm2_renorm` then :func:`sm2_project` into ``out`` in one pass, bit for bit the two calls:
     ``t_j <- max(t_j - max(t0, t1), floor)``, ``out = a + b sigma(beta (t1 - t0))`` of the renormalised dual
     (the primal form's write-back after a step); False (nothing done) where the torch path must run."""
-    lib = _load()
-    n = out.numel()
-    if lib is None or not _ok(n, t0, t1, out):
-        return False
-    lib.proxopt_sm2_renorm_project(t0.data_ptr(), t1.data_ptr(), out.data_ptr(), n, beta, floor, a, b, _threads(n))
-    return True
+    return _run("sm2_renorm_project", (t0, t1, out), beta, floor, a, b)
 
 
 def sm2_pullback(g: Tensor, g0: Tensor, g1: Tensor, q0: float, q1: float) -> bool:
     """``g0 = q0 g``, ``g1 = q1 g`` natively (bit for bit the torch result); False where torch must run."""
-    lib = _load()
-    n = g.numel()
-    if lib is None or not _ok(n, g, g0, g1):
-        return False
-    lib.proxopt_sm2_pullback(g.data_ptr(), g0.data_ptr(), g1.data_ptr(), n, q0, q1, _threads(n))
-    return True
+    return _run("sm2_pullback", (g, g0, g1), q0, q1)
 
 
 def sign_swish(theta: Tensor, out: Tensor, mu: float) -> bool:
     """``out = SS_mu(theta) = 2 swish'(mu theta) - 1`` [BNN+] natively, as
     ``sign(x) [(1 - e)/(1 + e) + 2|x| e/(1 + e)^2]`` with ``x = mu theta``, ``e = exp(-|x|)``;
     False (nothing done) where the torch path must run."""
-    lib = _load()
-    n = out.numel()
-    if lib is None or not _ok(n, theta, out):
-        return False
-    lib.proxopt_ss_value(theta.data_ptr(), out.data_ptr(), n, mu, _threads(n))
-    return True
+    return _run("ss_value", (theta, out), mu)
 
 
 def sign_swish_grad(theta: Tensor, g: Tensor, out: Tensor, mu: float) -> bool:
     """``out = mu SS'(mu theta) g`` [BNN+] natively, with
     ``SS'(x) = 4e/(1 + e)^2 [1 - (|x|/2)(1 - e)/(1 + e)]``, ``e = exp(-|x|)`` (0 where ``e`` underflows);
     False (nothing done) where the torch path must run."""
-    lib = _load()
-    n = out.numel()
-    if lib is None or not _ok(n, theta, g, out):
-        return False
-    lib.proxopt_ss_grad(theta.data_ptr(), g.data_ptr(), out.data_ptr(), n, mu, _threads(n))
-    return True
+    return _run("ss_grad", (theta, g, out), mu)
