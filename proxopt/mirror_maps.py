@@ -563,10 +563,12 @@ class Softmax(MirrorMap):
 
         With ``log_partition`` it keeps ``to_dual(u) = log(u)/beta`` itself,
         ``theta_j - LSE(beta theta)/beta`` (``LSE(x) = log sum_j exp(x_j)``,
-        computed as ``M + log(sum_j exp(beta (theta_j - M)))/beta``), floored
-        the same way; torch operations, about 4 passes per level. The two
-        choices give the same iterates ``w`` in exact arithmetic when the base
-        update does not depend on ``theta`` itself;
+        computed as ``s_j - log(sum_k exp(beta s_k))/beta`` with
+        ``s_j = theta_j - M``, ``+0`` at the max, an infinite one too),
+        floored the same way; torch operations, about 5 passes per level. The
+        two choices give the same iterates ``w`` in exact arithmetic, where
+        the floor does not act, when the base update does not depend on
+        ``theta`` itself;
         :class:`~proxopt.MirrorDescent` uses ``log_partition`` for base
         optimizers whose update may (coupled weight decay in Adam, RMSprop,
         ...; optimizers it does not know).
@@ -576,9 +578,12 @@ class Softmax(MirrorMap):
         cols = theta.unbind(-1)
         floor = _dual_floor(theta.dtype, beta)
         if log_partition:
-            lse, e, tot = self._buffers(theta, scratch, 3)
-            self._column_max(theta, lse)
-            for j, e in self._shifted_exps(theta, lse, e, beta):
+            top, e, tot = self._buffers(theta, scratch, 3)
+            self._column_max(theta, top)
+            for j, c in enumerate(cols):  # theta_j - M, +0 where theta_j is the max (an infinite one too)
+                at_max = c == top
+                torch.sub(c, top, out=c).masked_fill_(at_max, 0.0)
+                torch.mul(c, beta, out=e).exp_()
                 if j == 0:
                     tot.copy_(e)
                 else:
@@ -586,9 +591,8 @@ class Softmax(MirrorMap):
             tot.log_()
             if beta != 1.0:
                 tot.div_(beta)
-            lse.add_(tot)
             for c in cols:
-                torch.sub(c, lse, out=c)
+                torch.sub(c, tot, out=c)
             return theta.clamp_min_(floor)
         if len(cols) == 2:
             if native.sm2_renorm(cols[0], cols[1], floor):

@@ -157,22 +157,35 @@ def test_softmax_renormalize_native_equals_torch_bit_for_bit_on_odd_values(monke
                        b.masked_fill(nan_b, 0.0).contiguous().view(torch.int32))
 
 
-def _md_softmax_primal(base, kw, steps=25):
+def _md_softmax_primal(base, kw, steps=25, change=None, reload=False):
     """w after ``steps`` of primal md-softmax (float64) and the same steps by THEORY.md §5 written out: keep u,
-    theta = to_dual(u) = log(u)/beta before every base step, grad_theta = g q."""
+    theta = to_dual(u) = log(u)/beta before every base step, grad_theta = g q. ``change = (k, settings)`` sets
+    group settings before step ``k`` in both; ``reload`` moves the run into a new optimizer built with them
+    through a state dict there instead."""
     g = torch.Generator().manual_seed(7)
     x, y = torch.randn(32, 6, generator=g, dtype=torch.float64), torch.randn(32, 3, generator=g, dtype=torch.float64)
     w = torch.nn.Parameter(torch.rand(3, 6, generator=g, dtype=torch.float64) * 1.6 - 0.8)
     opt = proxopt.optimizer("md-softmax", [w], base=base, **kw)
     u = torch.softmax(opt.state[w]["latent"].detach().clone(), -1)
-    for _ in range(steps):
+    for k in range(steps):
+        if change is not None and k == change[0]:
+            if reload:
+                fresh = proxopt.optimizer("md-softmax", [w], base=base, **dict(kw, **change[1]))
+                fresh.load_state_dict(opt.state_dict())
+                for key, val in change[1].items():
+                    fresh.param_groups[0][key] = val
+                opt = fresh
+            else:
+                opt.param_groups[0].update(change[1])
         opt.zero_grad()
         ((x @ w.T - y) ** 2).mean().backward()
         opt.step()
     q = torch.tensor([-1.0, 1.0], dtype=torch.float64)
     theta = torch.nn.Parameter(torch.log(u))
     ref = base([theta], **kw)
-    for _ in range(steps):
+    for k in range(steps):
+        if change is not None and k == change[0]:
+            ref.param_groups[0].update(change[1])
         with torch.no_grad():
             theta.copy_(torch.log_softmax(theta, -1))
         ww = (torch.softmax(theta, -1) @ q).detach().requires_grad_()
@@ -196,10 +209,56 @@ def test_primal_softmax_follows_theory_with_any_base(base, kw, lse):
     got, want, opt = _md_softmax_primal(base, kw)
     torch.testing.assert_close(got, want, rtol=0.0, atol=1e-12)
     th = next(iter(opt.state.values()))["latent"]
-    if lse:
-        assert float(torch.logsumexp(th, -1).abs().max()) < 1e-12
-    else:
+    assert opt._transform(opt.param_groups[0]).encodes_before_step == lse  # log(u)/beta, recomputed before a step
+    if not lse:
         assert float(th.max(-1).values.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("reload", [False, True], ids=["in-place", "state-dict"])
+@pytest.mark.parametrize("base,kw,change", [
+    (torch.optim.Adam, {"lr": 0.05}, {"weight_decay": 0.1}),
+    (torch.optim.Adam, {"lr": 0.05, "weight_decay": 0.1}, {"weight_decay": 0.0}),
+    (torch.optim.Adam, {"lr": 0.05, "weight_decay": 0.1, "decoupled_weight_decay": True},
+     {"decoupled_weight_decay": False}),
+], ids=["decay-on", "decay-off", "coupling-on"])
+def test_primal_softmax_follows_theory_when_the_base_settings_change(base, kw, change, reload):
+    """A change of base settings that switches the kept dual (max entry 0 <-> log(u)/beta) between steps, in
+    place or through a state dict: the base step after it sees THEORY's dual."""
+    got, want, _ = _md_softmax_primal(base, kw, steps=16, change=(6, change), reload=reload)
+    torch.testing.assert_close(got, want, rtol=0.0, atol=1e-12)
+
+
+class _MyAdam(torch.optim.Adam):
+    pass
+
+
+@pytest.mark.parametrize("base,kw,group,lse", [
+    (torch.optim.AdamW, {"weight_decay": 0.1}, {"decoupled_weight_decay": False}, True),
+    (torch.optim.AdamW, {"weight_decay": 0.1}, {}, False),
+    (torch.optim.RMSprop, {"weight_decay": 0.1}, {"decoupled_weight_decay": True}, True),  # a key RMSprop ignores
+    (torch.optim.Adam, {"weight_decay": 0.1, "decoupled_weight_decay": True}, {}, False),
+    (_MyAdam, {}, {}, False),
+    (_MyAdam, {"weight_decay": 0.1}, {}, True),
+    (torch.optim.ASGD, {}, {}, True),
+    (torch.optim.SGD, {"weight_decay": 0.1, "momentum": 0.9}, {}, False),
+])
+def test_which_dual_the_primal_softmax_form_keeps(base, kw, group, lse):
+    w = torch.nn.Parameter(torch.randn(3, 4))
+    opt = proxopt.MirrorDescent([dict(params=[w], **group)], mirror_map="softmax", stable=False, base=base,
+                                lr=0.05, **kw)
+    tr = opt._transform(opt.param_groups[0])
+    assert tr.encodes_before_step == lse and tr.inner.log_partition == lse
+    stable = proxopt.MirrorDescent([w], mirror_map="softmax", base=base, lr=0.05, **kw)
+    assert not stable._transform(stable.param_groups[0]).encodes_before_step
+
+
+def test_log_partition_dual_of_infinite_entries():
+    inf = float("inf")
+    th = torch.tensor([[0.0, inf], [-inf, 0.0], [inf, 2.0], [1.0, 3.0]])
+    got = mm.Softmax().renormalize_(th.clone(), 1.0, log_partition=True)
+    floor = mm._dual_floor(torch.float32, 1.0)
+    torch.testing.assert_close(got[:3], torch.tensor([[floor, 0.0], [floor, 0.0], [0.0, floor]]), rtol=0, atol=0)
+    torch.testing.assert_close(got[3], torch.log_softmax(th[3], -1), rtol=0, atol=1e-6)
 
 
 def _problem(seed=0, n=64, k=16):

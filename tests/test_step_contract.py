@@ -223,6 +223,44 @@ def test_primal_failed_step_after_beta_change_multiplies_the_reencoding_back(nam
     assert all(torch.isfinite(p.detach()).all() for p in params)
 
 
+@pytest.mark.parametrize("beta", [None, 3.0])
+def test_failed_step_with_the_log_partition_dual(beta):
+    """md-softmax with coupled weight decay keeps log(u)/beta and recomputes it before every base step; when the
+    base step then fails, the latents hold that dual of the same point (equal up to rounding and a shift per
+    weight), the model is unchanged up to rounding with p = P(theta) exactly, the base state is untouched, and
+    the next step goes on."""
+    params = make_params(2, 6)
+    opt = proxopt.optimizer("md-softmax", params, lr=0.05, base=FlakyAdam, weight_decay=0.1)
+    group = opt.param_groups[0]
+    tr = opt._transform(group)
+    assert tr.encodes_before_step
+    grads(params, 1)
+    opt.step()
+    if beta is not None:
+        group["beta"] = beta
+        opt.refresh()
+    encoded = group["beta_encoded"]
+    before = snapshot(opt, params)
+    grads(params, 2)
+    opt.base_optimizer.fail = True
+    with pytest.raises(RuntimeError, match="base optimizer failed"):
+        opt.step()
+    opt.base_optimizer.fail = False
+    assert group["beta_encoded"] == encoded
+    assert_same(opt.base_optimizer.state_dict(), before["base"], "base state")
+    for p, saved, st in zip(params, before["params"], before["state"]):
+        theta = opt.state[p]["latent"]
+        torch.testing.assert_close(torch.softmax(encoded * theta, -1), torch.softmax(encoded * st["latent"], -1),
+                                   rtol=0.0, atol=1e-6)
+        torch.testing.assert_close(p.detach(), saved, rtol=0.0, atol=1e-6)
+        expected = torch.empty_like(p.detach())
+        opt._write(tr, group, expected, theta, encoded)
+        assert torch.equal(p.detach(), expected)
+    grads(params, 3)
+    opt.step()
+    assert all(torch.isfinite(p.detach()).all() for p in params)
+
+
 @pytest.mark.parametrize("name", ["md-tanh", "md-softmax", "md-tanh-s", "bnn++"])
 def test_failed_step_after_finalize_and_a_strength_change_keeps_the_levels(name):
     """After ``finalize()`` and a change of ``mu``/``beta``, a step whose base optimizer fails leaves the

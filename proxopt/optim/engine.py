@@ -856,15 +856,23 @@ class LatentOptimizer(WrappedOptimizer):
         multiplies back (:meth:`_undo_step`): the latents then equal what they
         were up to rounding; keeping a copy to restore them bit for bit would
         cost a pass and the latents' memory on every change of ``v``. A
-        multiply cannot fail part-way, short of an interrupt.
+        multiply cannot fail part-way, short of an interrupt. Transforms that
+        re-encode before every step (``encodes_before_step``: the softmax
+        dual ``log(u)/beta``) do it here, at every step, with the change of
+        ``v``; a failed step leaves them re-encoded (the same point up to
+        rounding) and multiplies back only the change of ``v``.
         """
         key = self._encoded_key
         old, v = group.get(key), group[self.anneal_key]  # type: ignore[index]
-        if not tr.primal or old is None or old == v:
+        if not tr.primal or old is None or (old == v and not tr.encodes_before_step):
             return None
         for p in group["params"]:
             theta = self.state[p]["latent"]
-            tr.rescale_(theta, old, v, self._scratch(theta) if tr.needs_scratch else None)
+            scratch = self._scratch(theta) if tr.needs_scratch else None
+            if tr.encodes_before_step:  # the dual of the kept point, at v, whatever the latents held
+                tr.reencode_(theta, old, v, scratch)
+            else:
+                tr.rescale_(theta, old, v, scratch)
         group[key] = v
         return old
 
@@ -996,9 +1004,11 @@ class LatentOptimizer(WrappedOptimizer):
                     bt.grad = None
         try:
             for gi, group, has in stepped:
-                # the primal form re-encodes the stepped latents (_encode), each with its write; after a
-                # re-encoding at a new beta, parameters without a gradient are written too: p = P(theta) bit for bit
-                self._project(gi, group, None if gi in reencoded else has, encode=has)
+                # the primal form re-encodes the stepped latents (_encode), each with its write (unless it did so
+                # before the step); after a re-encoding before the step, parameters without a gradient are
+                # written too: p = P(theta) bit for bit
+                pre = self._transform(group).encodes_before_step
+                self._project(gi, group, None if gi in reencoded else has, encode=None if pre else has)
         except BaseException:
             self._undo_step(reencoded, clobbered, stepped)
             raise

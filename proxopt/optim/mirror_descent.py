@@ -6,7 +6,7 @@ References:
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple, Type
+from typing import Any, Dict, Optional, Tuple, Type
 
 import torch
 from torch.optim import Optimizer
@@ -17,15 +17,17 @@ from .transforms import MirrorPair, Transform
 
 __all__ = ["MirrorDescent", "SHIFT_FREE", "SHIFT_FREE_UNDECAYED"]
 
-#: Base optimizers whose update of a weight's softmax dual is unchanged, up to one constant for all its
-#: entries, when a constant is added to them: the duals ``log(u)/beta + c`` of the primal form then give the
-#: same iterates (SGD: linear in ``theta``, coupled weight decay included; AdamW: decoupled decay).
-SHIFT_FREE: Tuple[Type[Optimizer], ...] = (torch.optim.SGD, torch.optim.AdamW)
-#: Elementwise base optimizers whose update depends on the gradients alone unless coupled weight decay
-#: (``weight_decay`` > 0 without ``decoupled_weight_decay``) adds ``theta`` to the gradient.
-SHIFT_FREE_UNDECAYED: Tuple[Type[Optimizer], ...] = (
-    torch.optim.Adam, torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam, torch.optim.RMSprop,
-    torch.optim.Adagrad, torch.optim.Adadelta, torch.optim.Rprop)
+#: Base optimizers whose update of a weight's softmax dual moves all its entries alike when one constant is
+#: added to them, whatever their settings: the duals ``log(u)/beta + c`` of the primal form then give the same
+#: iterates (SGD is linear in ``theta``, coupled weight decay included).
+SHIFT_FREE: Tuple[Type[Optimizer], ...] = (torch.optim.SGD,)
+#: Elementwise base optimizers whose update depends on the gradients (and the step count) alone unless coupled
+#: weight decay (``weight_decay`` > 0) adds ``theta`` to the gradient; the value is the default of their
+#: ``decoupled_weight_decay`` setting (decoupled decay scales every entry alike), None where they have none.
+SHIFT_FREE_UNDECAYED: Dict[Type[Optimizer], Optional[bool]] = {
+    torch.optim.Adam: False, torch.optim.AdamW: True, torch.optim.NAdam: False, torch.optim.RAdam: False,
+    torch.optim.Adamax: None, torch.optim.RMSprop: None, torch.optim.Adagrad: None, torch.optim.Adadelta: None,
+    torch.optim.Rprop: None}
 
 
 class MirrorDescent(LatentOptimizer):
@@ -57,7 +59,8 @@ class MirrorDescent(LatentOptimizer):
     ``log(u)/beta + c``: proxopt keeps the one with largest entry 0, computed
     exactly, when the base update does not depend on ``theta`` itself
     (:data:`SHIFT_FREE`, and :data:`SHIFT_FREE_UNDECAYED` without coupled
-    weight decay: the same iterates for every ``c``), else ``log(u)/beta``
+    weight decay, subclasses included: the same iterates for every ``c``),
+    else ``log(u)/beta``, recomputed before every base step
     (:meth:`proxopt.mirror_maps.Softmax.renormalize_`).
 
     Args:
@@ -110,17 +113,23 @@ class MirrorDescent(LatentOptimizer):
         one with largest entry 0, which it computes exactly
         (:meth:`~proxopt.mirror_maps.Softmax.renormalize_`). That holds for
         :data:`SHIFT_FREE` bases, and for :data:`SHIFT_FREE_UNDECAYED` ones
-        without coupled weight decay; any other base gets ``log(u)/beta``,
-        the dual THEORY.md §5 writes.
+        without coupled weight decay (a subclass counts as the torch
+        optimizer it derives from); any other base gets ``log(u)/beta``, the
+        dual THEORY.md §5 writes, recomputed before every base step.
         """
-        base = self._base_cls
-        if group["stable"] or base in SHIFT_FREE:
+        if group["stable"]:
             return False
-        if base in SHIFT_FREE_UNDECAYED:
-            def setting(key: str, default: Any) -> Any:
-                return group.get(key, self._base_kwargs.get(key, default))
-            if not setting("weight_decay", 0.0) or setting("decoupled_weight_decay", False):
+        for cls in self._base_cls.__mro__:  # a subclass counts as the torch optimizer it derives from
+            if cls in SHIFT_FREE:
                 return False
+            if cls in SHIFT_FREE_UNDECAYED:
+                def setting(key: str, default: Any) -> Any:
+                    return group.get(key, self._base_kwargs.get(key, default))
+                decoupled = SHIFT_FREE_UNDECAYED[cls]
+                if not setting("weight_decay", 0.0) or (decoupled is not None
+                                                         and setting("decoupled_weight_decay", decoupled)):
+                    return False
+                break
         return mm.get(group["mirror_map"]).dual_size is not None
 
     def _transform_key(self, group: Dict[str, Any]) -> Tuple[Any, ...]:

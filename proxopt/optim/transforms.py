@@ -58,6 +58,8 @@ class Transform:
     grad_buffer = False
     #: whether the base optimizer steps a view of the latent other than the latent itself (:meth:`to_base`)
     relayout = False
+    #: primal form: re-encode the latents before every base step (:meth:`reencode_`) instead of after it
+    encodes_before_step = False
 
     def to_base(self, theta: Tensor) -> Tensor:
         """The tensor the base optimizer steps for the latent ``theta``: a view of it (here ``theta`` itself)."""
@@ -146,6 +148,10 @@ class MirrorPair(Transform):
         self.map = mirror_map
         self.primal = not stable
         self.log_partition = bool(log_partition) and mirror_map.dual_size is not None
+        #: the log(u)/beta dual is not a fixed point of its re-encoding in floating point, and the base step must
+        #: see it whatever the latents held (another dual after a change of base settings or a loaded state
+        #: dict): it is recomputed before every base step, as THEORY.md §5 writes the primal form
+        self.encodes_before_step = self.primal and self.log_partition
         self.exact = exact_gradient
         self.multi = mirror_map.dual_size is not None
         self.unit_backward = not exact_gradient and not self.multi
@@ -284,7 +290,8 @@ class ShardLocal(Transform):
 
     def __init__(self, inner: Transform) -> None:
         self.inner = inner
-        for k in ("primal", "unit_backward", "levels", "needs_scratch", "scalable", "grad_buffer", "relayout"):
+        for k in ("primal", "unit_backward", "levels", "needs_scratch", "scalable", "grad_buffer", "relayout",
+                  "encodes_before_step"):
             setattr(self, k, getattr(inner, k))
 
     @staticmethod
