@@ -91,6 +91,14 @@ def make_params(n: int, size: int, seed: int = 0, scale: float = 0.3) -> List[to
     return [torch.nn.Parameter(torch.randn(size, generator=gen) * scale) for _ in range(n)]
 
 
+def failing_step(opt: torch.optim.Optimizer) -> None:
+    """One ``opt.step()`` whose (flaky) base optimizer raises."""
+    opt.base_optimizer.fail = True
+    with pytest.raises(RuntimeError, match="base optimizer failed"):
+        opt.step()
+    opt.base_optimizer.fail = False
+
+
 def roundtrip(sd: Dict[str, Any]) -> Dict[str, Any]:
     buf = io.BytesIO()
     torch.save(sd, buf)
@@ -197,10 +205,7 @@ def test_primal_failed_step_after_beta_change_multiplies_the_reencoding_back(nam
     before = snapshot(opt, params)
 
     grads(params, 2)
-    opt.base_optimizer.fail = True
-    with pytest.raises(RuntimeError, match="base optimizer failed"):
-        opt.step()
-    opt.base_optimizer.fail = False
+    failing_step(opt)
 
     group = opt.param_groups[0]
     assert group["beta_encoded"] == encoded and group["beta"] == 3.0
@@ -242,10 +247,7 @@ def test_failed_step_with_the_log_partition_dual(beta):
     encoded = group["beta_encoded"]
     before = snapshot(opt, params)
     grads(params, 2)
-    opt.base_optimizer.fail = True
-    with pytest.raises(RuntimeError, match="base optimizer failed"):
-        opt.step()
-    opt.base_optimizer.fail = False
+    failing_step(opt)
     assert group["beta_encoded"] == encoded
     assert_same(opt.base_optimizer.state_dict(), before["base"], "base state")
     for p, saved, st in zip(params, before["params"], before["state"]):
@@ -273,10 +275,7 @@ def test_failed_step_after_finalize_and_a_strength_change_keeps_the_levels(name)
     hard = [p.detach().clone() for p in params]
     opt.param_groups[0][opt.anneal_key] = 3.0
     grads(params, 2)
-    opt.base_optimizer.fail = True
-    with pytest.raises(RuntimeError, match="base optimizer failed"):
-        opt.step()
-    opt.base_optimizer.fail = False
+    failing_step(opt)
     if opt._transform(opt.param_groups[0]).primal:
         assert all(torch.equal(p.detach(), h) for p, h in zip(params, hard))
 
@@ -295,10 +294,7 @@ def test_failed_step_after_finalize_keeps_hard_weights(name):
     before = snapshot(opt, params)
 
     grads(params, 2)  # the latent gradient is computed in the parameter's storage
-    opt.base_optimizer.fail = True
-    with pytest.raises(RuntimeError, match="base optimizer failed"):
-        opt.step()
-    opt.base_optimizer.fail = False
+    failing_step(opt)
 
     assert torch.equal(p.detach(), hard), f"{hard.tolist()} -> {p.detach().tolist()}"
     assert_unchanged(before, opt, params)
