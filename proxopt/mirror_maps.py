@@ -577,24 +577,7 @@ class Softmax(MirrorMap):
             return theta
         cols = theta.unbind(-1)
         floor = _dual_floor(theta.dtype, beta)
-        if log_partition:
-            top, e, tot = self._buffers(theta, scratch, 3)
-            self._column_max(theta, top)
-            for j, c in enumerate(cols):  # theta_j - M, +0 where theta_j is the max (an infinite one too)
-                at_max = c == top
-                torch.sub(c, top, out=c).masked_fill_(at_max, 0.0)
-                torch.mul(c, beta, out=e).exp_()
-                if j == 0:
-                    tot.copy_(e)
-                else:
-                    tot.add_(e)
-            tot.log_()
-            if beta != 1.0:
-                tot.div_(beta)
-            for c in cols:
-                torch.sub(c, tot, out=c)
-            return theta.clamp_min_(floor)
-        if len(cols) == 2:
+        if len(cols) == 2 and not log_partition:
             if native.sm2_renorm(cols[0], cols[1], floor):
                 return theta
             # as the kernel: through d = theta_1 - theta_0, the larger entry +0 and the other max(-|d|, floor)
@@ -605,11 +588,22 @@ class Softmax(MirrorMap):
             cols[1].copy_(d).masked_fill_(ge, 0.0)
             cols[0].copy_(d).masked_fill_(lt, 0.0)
             return theta
-        (top,) = self._buffers(theta, scratch, 1)
-        self._column_max(theta, top)
+        bufs = self._buffers(theta, scratch, 3 if log_partition else 1)
+        top = self._column_max(theta, bufs[0])
         for c in cols:
             at_max = c == top  # +0 there, exactly (also for an infinite max: not inf - inf)
             torch.sub(c, top, out=c).masked_fill_(at_max, 0.0)
+        if log_partition:  # minus log(sum_k exp(beta s_k))/beta, s = theta - M
+            e, tot = bufs[1:]
+            for j, c in enumerate(cols):
+                torch.mul(c, beta, out=e if j else tot).exp_()
+                if j:
+                    tot.add_(e)
+            tot.log_()
+            if beta != 1.0:
+                tot.div_(beta)
+            for c in cols:
+                torch.sub(c, tot, out=c)
         return theta.clamp_min_(floor)
 
     def renormalize_to_primal_into(self, theta: Tensor, beta: float, out: Tensor) -> bool:
