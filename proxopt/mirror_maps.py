@@ -666,6 +666,50 @@ class Softmax(MirrorMap):
             u = u * (1.0 - smoothing) + smoothing / len(self.levels)
         return torch.log(u.clamp_min(_SOFTMAX_FLOOR))
 
+    def center_(self, theta: Tensor) -> Tensor:
+        """The dual of the same simplex point whose entries sum to 0, in place: ``theta_j - mean_k theta_k``.
+
+        Softmax ignores a constant added to every entry, so ``u`` and ``w``
+        are unchanged (up to rounding for ``d > 2``). Two levels give
+        ``(-t, t)`` with ``t = (theta_1 - theta_0)/2`` exactly: ``t - (-t)``
+        is the difference ``theta_1 - theta_0`` as it rounds, so the
+        projection (through that difference) is unchanged bit for bit. The
+        stable form starts from this dual (:class:`~proxopt.MirrorDescent`).
+        """
+        if theta.shape[-1] == 2:
+            t = (theta[..., 1] - theta[..., 0]) * 0.5
+            theta[..., 1] = t
+            theta[..., 0] = -t
+            return theta
+        return theta.sub_(theta.mean(-1, keepdim=True))
+
+    @property
+    def centered_pair(self) -> bool:
+        """Whether the levels are ``(-a, a)``: the pull-back ``g q`` is then ``(-a g, a g)``, odd in its two
+        entries, and a zero-sum dual ``(-t, t)`` stays one under an update that is odd elementwise
+        (:class:`~proxopt.optim.transforms.CenteredSoftmaxPair`)."""
+        q = self.levels
+        return len(q) == 2 and q[0] == -q[1]
+
+    def centered_to_primal_into(self, t: Tensor, beta: float, out: Tensor) -> Tensor:
+        """``w = q_0 + (q_1 - q_0) sigma(beta (t - (-t)))``: :meth:`to_primal_into` of the dual ``(-t, t)``.
+
+        Bit for bit that call on the stacked dual (``t - (-t)`` is ``t + t``
+        exactly): one pass of :func:`proxopt.native.sm2_project_centered` for
+        float32 CPU tensors, else three torch passes.
+        """
+        q = self.levels
+        if native.sm2_project_centered(t, out, beta, q[0], q[1] - q[0]):
+            return out
+        s = sigmoid_into(torch.add(t, t, out=out), beta, out)
+        return _affine_into(q[0], s, q[1] - q[0], out)
+
+    def centered_hard(self, t: Tensor) -> Tensor:
+        """:meth:`hard` of the dual ``(-t, t)``: ``q_1`` where ``t >= 0`` (a tie takes the larger level) or
+        NaN (as ``argmax`` takes a NaN), else ``q_0``."""
+        q = levels_tensor(self.levels, t)
+        return q[(~(t < 0)).long()]
+
     def primal_grad_to_dual(self, theta: Tensor, grad: Tensor) -> Tensor:
         """``g_u = g_w q``: shape ``(..., d)``."""
         return grad.unsqueeze(-1) * levels_tensor(self.levels, theta)

@@ -8,7 +8,8 @@
  * A two-level dual (theta_0, theta_1) per weight, levels (q_0, q_1), inverse temperature beta; with
  * z = beta (theta_1 - theta_0) and sigma(z) = 1 / (1 + e^-z):
  *
- *   project   w = q_0 + (q_1 - q_0) sigma(z)                         (softmax map, Ajanthan et al. [MD])
+ *   project   w = q_0 + (q_1 - q_0) sigma(z)                         (softmax map, Ajanthan et al. [MD];
+ *                                                                     also for the centered dual (-t, t))
  *   renorm    theta_j <- max(theta_j - max(theta_0, theta_1), floor)  (the primal form's dual of the kept u,
  *                                                                     log(u_j / max_k u_k) / beta)
  *   pullback  g_j = q_j g                                             (the mirror-descent step, B' = 1)
@@ -74,16 +75,28 @@ typedef struct {
     float beta, floor_, a, b;
 } args_t;
 
+/* a + b sigma(z), sigma(z) = 1 / (1 + e^-z) through e = e^-|z| (no overflow) */
+static inline float affine_sigmoid(float z, float a, float b) {
+    float e = exp_nonpos(-fabsf(z));
+    float s = (z >= 0.0f ? 1.0f : e) / (1.0f + e);
+    return MADD(b, s, a);
+}
+
 static void project_range(const args_t *A, long lo, long hi) {
     const float *t0 = A->t0, *t1 = A->t1;
     float *out = A->o0;
     const float beta = A->beta, a = A->a, b = A->b;
-    for (long i = lo; i < hi; i++) {
-        float z = (t1[i] - t0[i]) * beta;
-        float e = exp_nonpos(-fabsf(z));
-        float s = (z >= 0.0f ? 1.0f : e) / (1.0f + e);
-        out[i] = MADD(b, s, a);
-    }
+    for (long i = lo; i < hi; i++)
+        out[i] = affine_sigmoid((t1[i] - t0[i]) * beta, a, b);
+}
+
+/* project_range for the centered dual (-t, t): t - (-t) = t + t, bit for bit */
+static void project_centered_range(const args_t *A, long lo, long hi) {
+    const float *t = A->t1;
+    float *out = A->o0;
+    const float beta = A->beta, a = A->a, b = A->b;
+    for (long i = lo; i < hi; i++)
+        out[i] = affine_sigmoid((t[i] + t[i]) * beta, a, b);
 }
 
 /* theta_j - max_k theta_k, floored, through d = theta_1 - theta_0: the larger entry becomes +0 and the other
@@ -120,10 +133,7 @@ static void renorm_project_range(const args_t *A, long lo, long hi) {
         renorm_pair(t0[i], t1[i], fl, &x0, &x1);
         t0[i] = x0;
         t1[i] = x1;
-        float z = (x1 - x0) * beta;
-        float e = exp_nonpos(-fabsf(z));
-        float s = (z >= 0.0f ? 1.0f : e) / (1.0f + e);
-        out[i] = MADD(b, s, a);
+        out[i] = affine_sigmoid((x1 - x0) * beta, a, b);
     }
 }
 
@@ -247,6 +257,12 @@ void proxopt_sm2_project(const float *t0, const float *t1, float *out, long n, f
     parallel(project_range, &A, n, threads);
 }
 
+/* out = a + b sigma(beta (t - (-t))): proxopt_sm2_project of the centered dual (-t, t) */
+void proxopt_sm2_project_centered(const float *t, float *out, long n, float beta, float a, float b, int threads) {
+    args_t A = {NULL, t, NULL, out, NULL, NULL, beta, 0.0f, a, b};
+    parallel(project_centered_range, &A, n, threads);
+}
+
 /* (t0, t1) <- (t0, t1) - max(t0, t1), floored at floor_, in place */
 void proxopt_sm2_renorm(float *t0, float *t1, long n, float floor_, int threads) {
     args_t A = {NULL, NULL, NULL, t0, t1, NULL, 0.0f, floor_, 0.0f, 0.0f};
@@ -279,4 +295,4 @@ void proxopt_ss_grad(const float *theta, const float *g, float *out, long n, flo
 }
 
 /* the interface version native.py checks */
-int proxopt_native_version(void) { return 6; }
+int proxopt_native_version(void) { return 7; }

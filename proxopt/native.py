@@ -8,7 +8,8 @@ weight, with ``z = beta (theta_1 - theta_0)`` and levels ``(q_0, q_1)``:
     \\theta_j \\leftarrow \\max(\\theta_j - \\max_k \\theta_k,\\ f),\\qquad
     g_j = q_j\\, g_w
 
-(projection [MD]; the primal form's renormalisation to the dual
+(projection [MD], also of the centered dual ``(-t, t)`` the stable form
+keeps for levels ``(-a, a)``, ``z = beta (t + t)``; the primal form's renormalisation to the dual
 ``log(u_j / max_k u_k)/beta`` of the kept ``u``, floored at
 ``f = log(tiny)/beta``, exact in floating point; the mirror-descent
 pull-back), and BNN+/BNN++'s sign-Swish with
@@ -67,10 +68,10 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["available", "status", "sm2_project", "sm2_renorm", "sm2_renorm_project", "sm2_pullback", "sign_swish",
-           "sign_swish_grad"]
+__all__ = ["available", "status", "sm2_project", "sm2_project_centered", "sm2_renorm", "sm2_renorm_project",
+           "sm2_pullback", "sign_swish", "sign_swish_grad"]
 
-_VERSION = 6
+_VERSION = 7
 _SOURCE = Path(__file__).with_name("native.c")
 _FLAGS = ("-O3", "-fPIC", "-shared", "-fno-fast-math", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
 #: tried in order: the machine's vector units and OpenMP threads, then without either
@@ -200,13 +201,14 @@ def _build() -> ctypes.CDLL:
 def _declare(lib: ctypes.CDLL) -> None:
     P, N, F, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
     lib.proxopt_sm2_project.argtypes = [P, P, P, N, F, F, F, I]
+    lib.proxopt_sm2_project_centered.argtypes = [P, P, N, F, F, F, I]
     lib.proxopt_sm2_renorm.argtypes = [P, P, N, F, I]
     lib.proxopt_sm2_renorm_project.argtypes = [P, P, P, N, F, F, F, F, I]
     lib.proxopt_sm2_pullback.argtypes = [P, P, P, N, F, F, I]
     lib.proxopt_ss_value.argtypes = [P, P, N, F, I]
     lib.proxopt_ss_grad.argtypes = [P, P, P, N, F, I]
-    for fn in (lib.proxopt_sm2_project, lib.proxopt_sm2_renorm, lib.proxopt_sm2_renorm_project,
-               lib.proxopt_sm2_pullback, lib.proxopt_ss_value, lib.proxopt_ss_grad):
+    for fn in (lib.proxopt_sm2_project, lib.proxopt_sm2_project_centered, lib.proxopt_sm2_renorm,
+               lib.proxopt_sm2_renorm_project, lib.proxopt_sm2_pullback, lib.proxopt_ss_value, lib.proxopt_ss_grad):
         fn.restype = None
     lib.proxopt_native_version.restype = ctypes.c_int
     lib.proxopt_native_version.argtypes = []
@@ -227,6 +229,10 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
     ref = -1.0 + 2.0 * torch.sigmoid(zz)
     if not bool(((w.double() - ref).abs() <= 8 * 2.0 ** -23).all()):
         return "projection check failed"
+    wc = torch.empty(n)  # the centered dual (-t1, t1) of the same points: the same values bit for bit
+    lib.proxopt_sm2_project_centered(t1.data_ptr(), wc.data_ptr(), n, beta, -1.0, 2.0, 1)
+    if not torch.equal(wc, w):
+        return "centered projection check failed"
     r0, r1 = t0.clone(), t1.clone()
     floor = float(torch.tensor(math.log(torch.finfo(torch.float32).tiny), dtype=torch.float32) / beta)
     lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), n, floor, 1)
@@ -269,6 +275,8 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
     nan, other = torch.full((37,), float("nan")), t1[:37].clone()
     w = torch.empty(37)
     lib.proxopt_sm2_project(nan.data_ptr(), other.data_ptr(), w.data_ptr(), 37, beta, -1.0, 2.0, 1)
+    wc = torch.empty(37)
+    lib.proxopt_sm2_project_centered(nan.data_ptr(), wc.data_ptr(), 37, beta, -1.0, 2.0, 1)
     r0, r1 = nan.clone(), t1[:37].clone()
     lib.proxopt_sm2_renorm(r0.data_ptr(), r1.data_ptr(), 37, floor, 1)
     f0, f1, fw = nan.clone(), t1[:37].clone(), torch.empty(37)
@@ -276,7 +284,7 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
     v, d = torch.empty(37), torch.empty(37)
     lib.proxopt_ss_value(nan.data_ptr(), v.data_ptr(), 37, beta, 1)
     lib.proxopt_ss_grad(nan.data_ptr(), other.data_ptr(), d.data_ptr(), 37, beta, 1)
-    if not all(bool(t.isnan().all()) for t in (w, r0, r1, f0, f1, fw, v, d)):
+    if not all(bool(t.isnan().all()) for t in (w, wc, r0, r1, f0, f1, fw, v, d)):
         return "NaN check failed"
     # each result depends on its own inputs only: shifting the elements across vector lanes changes nothing
     w = torch.empty(n)
@@ -290,10 +298,11 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
     lib.proxopt_ss_value(t1.data_ptr(), v.data_ptr(), n, beta, 1)
     lib.proxopt_ss_grad(t1.data_ptr(), g.data_ptr(), d.data_ptr(), n, beta, 1)
     for k in (1, 3, 7):
-        a0, a1, wk = t0[k:].clone(), t1[k:].clone(), torch.empty(n - k)
+        a0, a1, wk, ck = t0[k:].clone(), t1[k:].clone(), torch.empty(n - k), torch.empty(n - k)
         lib.proxopt_sm2_project(a0.data_ptr(), a1.data_ptr(), wk.data_ptr(), n - k, beta, -1.0, 2.0, 1)
+        lib.proxopt_sm2_project_centered(a1.data_ptr(), ck.data_ptr(), n - k, beta, -1.0, 2.0, 1)
         lib.proxopt_sm2_renorm(a0.data_ptr(), a1.data_ptr(), n - k, floor, 1)
-        same = torch.equal(wk, w[k:]) and torch.equal(a0, r0[k:]) and torch.equal(a1, r1[k:])
+        same = torch.equal(wk, w[k:]) and torch.equal(ck, w[k:]) and torch.equal(a0, r0[k:]) and torch.equal(a1, r1[k:])
         b0, b1, bw = t0[k:].clone(), t1[k:].clone(), torch.empty(n - k)
         lib.proxopt_sm2_renorm_project(b0.data_ptr(), b1.data_ptr(), bw.data_ptr(), n - k, beta, floor, -1.0, 2.0, 1)
         same = same and torch.equal(b0, f0[k:]) and torch.equal(b1, f1[k:]) and torch.equal(bw, fw[k:])
@@ -368,6 +377,12 @@ def _run(kernel: str, tensors: Tuple[Tensor, ...], *scalars: float) -> bool:
 def sm2_project(t0: Tensor, t1: Tensor, out: Tensor, beta: float, a: float, b: float) -> bool:
     """``out = a + b sigma(beta (t1 - t0))`` natively; False (nothing done) where the torch path must run."""
     return _run("sm2_project", (t0, t1, out), beta, a, b)
+
+
+def sm2_project_centered(t: Tensor, out: Tensor, beta: float, a: float, b: float) -> bool:
+    """``out = a + b sigma(beta (t - (-t)))``: :func:`sm2_project` of the centered dual ``(-t, t)`` bit for bit,
+    natively; False (nothing done) where the torch path must run."""
+    return _run("sm2_project_centered", (t, out), beta, a, b)
 
 
 def sm2_renorm(t0: Tensor, t1: Tensor, floor: float) -> bool:

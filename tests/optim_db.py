@@ -261,6 +261,15 @@ def ref_softmax_simplex(theta: Tensor, beta: float) -> Tensor:
     return e / e.sum(-1, keepdim=True)
 
 
+def ref_dual(group: Mapping[str, Any], p: Tensor, theta: Tensor) -> Tensor:
+    """The latent as the references take it: for a softmax group whose latent has the weight's shape, the dual
+    ``(-t, t)`` it keeps as ``t`` (the stable form, levels ``(-a, a)``, an odd elementwise base); else itself."""
+    cfg = group.get("mirror_map")
+    if cfg is not None and cfg["name"] == "softmax" and theta.shape == p.shape:
+        return torch.stack([-theta, theta], -1)
+    return theta
+
+
 def ref_mirror_value(cfg: Mapping[str, Any], theta: Tensor, beta: float) -> Tensor:
     """Mirror-map projection ``P_beta(theta)`` of a primitive map config (THEORY.md §5)."""
     name = cfg["name"]

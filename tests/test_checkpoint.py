@@ -266,7 +266,8 @@ def test_loaded_latents_are_copies_not_aliases_of_the_checkpoint() -> None:
 
 # ------------------------------------------------- the level-major softmax dual
 @pytest.mark.parametrize("name,kw", [("md-softmax-s", {"levels": "ternary"}), ("md-softmax", {}),
-                                     ("md-softmax-s", {"base": torch.optim.SGD, "momentum": 0.9})])
+                                     ("md-softmax-s", {"levels": (-1.0, 0.5), "base": torch.optim.SGD,
+                                                       "momentum": 0.9})])
 def test_softmax_dual_state_is_saved_in_the_latent_shape_and_resumes(name: str, kw: Dict[str, Any]) -> None:
     """The base optimizer steps the dual's level-major ``(d, ...)`` view; its state is saved as ``(..., d)``.
 

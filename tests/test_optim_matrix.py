@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 import proxopt
-from optim_db import (CONFIGS, assert_same, LATENT_CONFIGS, OptimConfig, TinyNet, config_ids, ref_forward, ref_hard, ref_nearest,
-                      tiny_loss)
+from optim_db import (CONFIGS, assert_same, LATENT_CONFIGS, OptimConfig, TinyNet, config_ids, ref_dual, ref_forward,
+                      ref_hard, ref_nearest, tiny_loss)
 
 DTYPES = [torch.float32, torch.float64]
 DTYPE_IDS = ["f32", "f64"]
@@ -75,7 +75,7 @@ def assert_model_holds_forward(opt: Any, what: str) -> None:
             continue
         for pi, p in enumerate(group["params"]):
             theta = opt.state[p]["latent"]
-            expected = ref_forward(group, theta).to(p.dtype)
+            expected = ref_forward(group, ref_dual(group, p, theta)).to(p.dtype)
             torch.testing.assert_close(p.detach(), expected, **tol(p.dtype),
                                        msg=lambda m: f"{what}: group {gi} param {pi}: {m}")
 
@@ -146,7 +146,7 @@ def test_finalize_writes_levels_with_sign_zero_plus_one(cfg: OptimConfig, dtype:
         for p in group["params"]:
             assert in_levels(p.detach(), cfg.levels)
             if cfg.latent:
-                assert_same(p.detach(), ref_hard(group, opt.state[p]["latent"]).to(dtype))
+                assert_same(p.detach(), ref_hard(group, ref_dual(group, p, opt.state[p]["latent"])).to(dtype))
 
 
 @all_configs
@@ -373,7 +373,8 @@ def test_hard_restores_weights_bitwise(cfg: OptimConfig) -> None:
         for p in (model.w1, model.w2):
             assert in_levels(p.detach(), cfg.levels)
             if cfg.latent:
-                assert_same(p.detach(), ref_hard(opt.param_groups[0], opt.state[p]["latent"]))
+                group = opt.param_groups[0]
+                assert_same(p.detach(), ref_hard(group, ref_dual(group, p, opt.state[p]["latent"])))
         assert_same(model.b1.detach(), before["model"]["b1"])
         assert_same(model.b2.detach(), before["model"]["b2"])
     assert_same(before, snapshot(model, opt))

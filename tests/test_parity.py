@@ -335,12 +335,15 @@ def hand_trajectory(preset: str, base: type, base_kwargs: Dict[str, Any], theta0
             beta *= ANNEAL
         return out
     if preset == "md-softmax-s":  # §5 softmax, stable form: w = softmax(beta theta) q, grad_theta = g q
-        beta, theta = DEFAULT_STRENGTH[preset], theta0.clone()
+        # levels (-1, 1) under an odd elementwise base: proxopt keeps the zero-sum dual (-t, t) as t; the loop
+        # steps both entries, and entry 0 stays entry 1 negated
+        beta, theta = DEFAULT_STRENGTH[preset], torch.stack([-theta0, theta0], -1)
         for _ in range(STEPS):
             g = grad_at(ref_softmax_simplex(theta, beta) @ q, x, y)
             theta = opt.step(theta, g.unsqueeze(-1) * q)
+            assert torch.equal(theta[..., 0], -theta[..., 1])
             beta *= ANNEAL
-            out.append((ref_softmax_simplex(theta, beta) @ q, theta))
+            out.append((ref_softmax_simplex(theta, beta) @ q, theta[..., 1]))
         return out
     if preset == "bop":  # §7: m <- (1 - gamma) m + gamma g; flip w where |m| > tau and sign(m) = sign(w)
         w, m = ref_sign(theta0), torch.zeros_like(theta0)

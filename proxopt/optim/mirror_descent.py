@@ -13,9 +13,9 @@ from torch.optim import Optimizer
 
 from .. import mirror_maps as mm
 from .engine import LatentOptimizer
-from .transforms import MirrorPair, Transform
+from .transforms import CenteredSoftmaxPair, MirrorPair, Transform
 
-__all__ = ["MirrorDescent", "SHIFT_FREE", "SHIFT_FREE_UNDECAYED"]
+__all__ = ["MirrorDescent", "SHIFT_FREE", "SHIFT_FREE_UNDECAYED", "ODD_BASES"]
 
 #: Base optimizers whose update of a weight's softmax dual moves all its entries alike when one constant is
 #: added to them, whatever their settings: the duals ``log(u)/beta + c`` of the primal form then give the same
@@ -28,6 +28,12 @@ SHIFT_FREE_UNDECAYED: Dict[Type[Optimizer], Optional[bool]] = {
     torch.optim.Adam: False, torch.optim.AdamW: True, torch.optim.NAdam: False, torch.optim.RAdam: False,
     torch.optim.Adamax: None, torch.optim.RMSprop: None, torch.optim.Adagrad: None, torch.optim.Adadelta: None,
     torch.optim.Rprop: None}
+
+#: Base optimizers whose update is elementwise and odd whatever their settings: negating a tensor, its gradient
+#: and its odd state (momentum, first moments; the second moments and step sizes are even) negates the update
+#: bit for bit (every operation commutes with a sign flip). The stable form keeps a two-level softmax dual
+#: ``(-t, t)`` under them as ``t`` alone (:class:`~proxopt.optim.transforms.CenteredSoftmaxPair`).
+ODD_BASES: Tuple[Type[Optimizer], ...] = SHIFT_FREE + tuple(SHIFT_FREE_UNDECAYED)
 
 
 class MirrorDescent(LatentOptimizer):
@@ -132,9 +138,25 @@ class MirrorDescent(LatentOptimizer):
                 break
         return mm.get(group["mirror_map"]).dual_size is not None
 
+    def _centered(self, group: Dict[str, Any]) -> bool:
+        """Whether the group keeps its dual ``(-t, t)`` as ``t`` (:class:`~.transforms.CenteredSoftmaxPair`).
+
+        The stable form of the softmax map with levels ``(-a, a)``, without
+        the Jacobian, under a base optimizer of :data:`ODD_BASES` (a subclass
+        counts as the torch optimizer it derives from): none of these change
+        during training, so neither does the latent's shape.
+        """
+        m = mm.get(group["mirror_map"])
+        if not (group["stable"] and not group["exact_gradient"] and isinstance(m, mm.Softmax) and m.centered_pair):
+            return False
+        return any(cls in ODD_BASES for cls in self._base_cls.__mro__)
+
     def _transform_key(self, group: Dict[str, Any]) -> Tuple[Any, ...]:
-        return ("md", group["mirror_map"], group["stable"], group["exact_gradient"], self._log_partition(group))
+        return ("md", group["mirror_map"], group["stable"], group["exact_gradient"], self._log_partition(group),
+                self._centered(group))
 
     def _build_transform(self, group: Dict[str, Any]) -> Transform:
+        if self._centered(group):
+            return CenteredSoftmaxPair(mm.get(group["mirror_map"]))  # type: ignore[arg-type]
         return MirrorPair(mm.get(group["mirror_map"]), group["stable"], group["exact_gradient"],
                           self._log_partition(group))

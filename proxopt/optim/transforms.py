@@ -176,10 +176,15 @@ class MirrorPair(Transform):
         pull-back ``g q_j``, the projection, the renormalisation) then reads
         and writes contiguous memory, and the base optimizer steps ``T``
         (:meth:`to_base`), which its fused kernels need. The latent's shape,
-        values and state dicts are those of the ``(..., d)`` dual.
+        values and state dicts are those of the ``(..., d)`` dual. The stable
+        form starts from the simplex point of ``p`` smoothed
+        (``STABLE_SMOOTHING``) and the dual of it whose entries sum to 0
+        (:meth:`~proxopt.mirror_maps.Softmax.center_`).
         """
-        smoothing = self.STABLE_SMOOTHING if (self.multi and not self.primal) else 0.0
-        theta = self.map.init_dual(p.detach().to(latent_dtype(p)), smoothing)
+        stable_multi = self.multi and not self.primal
+        theta = self.map.init_dual(p.detach().to(latent_dtype(p)), self.STABLE_SMOOTHING if stable_multi else 0.0)
+        if stable_multi:  # the stable form starts from the zero-sum dual (Softmax.center_)
+            self.map.center_(theta)  # type: ignore[attr-defined]
         return self.from_base(self.to_base(theta).contiguous()) if self.multi else theta
 
     def to_base(self, theta: Tensor) -> Tensor:
@@ -264,6 +269,68 @@ class MirrorPair(Transform):
         if not self.map.beta_scaled:
             return self.map.reencode_(theta, old, new, scratch)
         return theta.mul_(old / new)
+
+
+class CenteredSoftmaxPair(Transform):
+    """The stable form of the softmax map with two levels ``(-a, a)``, its dual ``(-t, t)`` kept as ``t`` [MD].
+
+    The stable form (THEORY.md §5) with the softmax map keeps a dual
+    ``theta in R^2`` per weight, steps it with the base optimizer on the
+    pull-back ``g q = (-a g, a g)`` and writes
+    ``w = q_0 + (q_1 - q_0) sigma(beta (theta_1 - theta_0))``; it starts
+    from the zero-sum dual ``(-t_0, t_0)``
+    (:meth:`~proxopt.mirror_maps.Softmax.center_`). A base update that is
+    elementwise and odd (negating a tensor, its gradient and its state
+    negates the update and keeps the even moments: SGD, Adam, RMSprop, ...,
+    weight decay included, :data:`proxopt.optim.mirror_descent.ODD_BASES`)
+    keeps a dual of that form: entry 0 takes entry 1's steps negated, bit
+    for bit. So the dual is kept as ``t = theta_1`` alone, stepped on ``a g``:
+
+    .. math:: w_t = q_0 + (q_1 - q_0)\,\sigma\big(\beta (t_t + t_t)\big),\qquad
+              t_{t+1} = \mathrm{BaseStep}(t_t,\ a\,\nabla_w f(w_t))
+
+    the iterates of the two-entry dual (bit for bit where the base
+    optimizer rounds every element alike) with half its memory and passes:
+    the latent has the weight's shape, and ``a = 1`` passes ``p.grad``
+    itself (``B' = 1``). For ``a = 1`` this is the MD-tanh-S update
+    ``w = tanh(beta t)`` from the softmax start: THEORY.md §5's "binary
+    softmax and tanh are the same algorithm up to initialisation".
+    :class:`~proxopt.MirrorDescent` uses it where these conditions hold;
+    the latent, in state dicts too, is then ``t``.
+    """
+
+    scalable = False  # as for the two-entry dual: scale the levels instead
+
+    def __init__(self, mirror_map: mm.Softmax) -> None:
+        if not mirror_map.centered_pair:
+            raise ValueError(f"Invalid mirror_map: {mirror_map!r} (the centered dual needs two levels (-a, a))")
+        self.map = mirror_map
+        self.levels = mirror_map.levels
+        self.a = mirror_map.levels[1]
+        self.unit_backward = self.a == 1.0
+
+    def init_latent(self, p: Tensor) -> Tensor:
+        """``t_0``: entry 1 of the zero-sum dual of ``p``'s smoothed simplex point (as :class:`MirrorPair`'s)."""
+        theta = self.map.init_dual(p.detach().to(latent_dtype(p)), MirrorPair.STABLE_SMOOTHING)
+        return self.map.center_(theta)[..., 1].contiguous()
+
+    def forward(self, theta: Tensor, v: float) -> Tensor:
+        return self.map.centered_to_primal_into(theta, v, torch.empty_like(theta))
+
+    def project_into(self, theta: Tensor, v: float, out: Tensor, scratch: Optional[Tensor]) -> Tensor:
+        return self.map.centered_to_primal_into(theta, v, out)
+
+    def backward(self, theta: Tensor, g: Tensor, v: float) -> Tensor:
+        return g if self.unit_backward else g * self.a
+
+    def grad_into(self, theta: Tensor, g: Tensor, v: float, out: Tensor, scratch: Optional[Tensor]) -> Tensor:
+        """``a g`` (``g`` itself for ``a = 1``): entry 1 of the pull-back ``g q``."""
+        if self.unit_backward:
+            return g
+        return torch.mul(g, self.a, out=out) if out is not None else g * self.a
+
+    def hard(self, theta: Tensor) -> Tensor:
+        return self.map.centered_hard(theta)
 
 
 #: plain tensor types (the transforms run on them directly; anything else may be a DTensor)
