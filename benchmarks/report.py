@@ -490,9 +490,10 @@ def write_report(results: Dict[str, Any], out: str) -> str:
                 L.append("")
                 notes = []
                 if any(n.startswith("md-softmax") for n in prof):
-                    notes.append("md-softmax*: the base Adam runs on the dual, 2 numbers per binary weight, so its own "
+                    notes.append("md-softmax: the base Adam runs on the dual, 2 numbers per binary weight, so its own "
                                  "work doubles: about 2x the base Adam step (same implementation) is the floor for "
-                                 "these presets, whatever the engine does. Their pull-back, projection and (md-softmax) "
+                                 "this preset, whatever the engine does (md-softmax-s keeps its binary dual (-t, t) "
+                                 "as t: one number per weight). The pull-back, projection and (md-softmax) "
                                  "renormalisation run in `proxopt.native`'s C kernels when they are available "
                                  f"(this run: {speed.get('native', 'not recorded')}); ctypes calls are not torch "
                                  "operators, so that time is in the `Optimizer.step#MirrorDescent.step` row.")
@@ -514,9 +515,10 @@ def write_report(results: Dict[str, Any], out: str) -> str:
             L.append("Memory of the tensors in `opt.state_dict()` (proxopt: latents + the base Adam's moments; "
                      "Adam: its moments), counted exactly from the tensor sizes, each storage once (proxopt's "
                      "state dict lists the base moments twice, as the same tensors). The ideal is 1.5x Adam "
-                     "(one latent per quantized weight on top of two moments), 3x for md-softmax* (a 2-entry dual "
-                     "per weight and Adam's two moments for each entry), 1x for pq (no latent), 0.5x for Bop (one "
-                     "gradient average, no latent).\n")
+                     "(one latent per quantized weight on top of two moments; md-softmax-s too, which keeps its "
+                     "binary dual (-t, t) as t), 3x for md-softmax (a 2-entry dual per weight and Adam's two "
+                     "moments for each entry), 1x for pq (no latent), 0.5x for Bop (one gradient average, no "
+                     "latent).\n")
             hdr = ["preset"] + [f"{s}: state (ratio to Adam)" for s in sizes]
             rws = []
             for name in dict.fromkeys(n for s in sizes for n in step[s]):

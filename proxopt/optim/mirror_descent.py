@@ -60,7 +60,12 @@ class MirrorDescent(LatentOptimizer):
     size ``d`` (``d`` times the memory) and the dual gradient is ``g_w q``.
     The dual ``(..., d)`` is stored level-major (one contiguous block per
     level) and the base optimizer steps its contiguous ``(d, ...)`` view;
-    state dicts hold the ``(..., d)`` shape. Softmax ignores a constant added
+    state dicts hold the ``(..., d)`` shape. The stable form starts from the
+    zero-sum dual; with two levels ``(-a, a)`` and a base optimizer of
+    :data:`ODD_BASES` (Adam, SGD, ...) that dual stays ``(-t, t)``, and the
+    group keeps ``t`` alone, of the weight's shape: the same iterates at
+    half the memory and passes
+    (:class:`~proxopt.optim.transforms.CenteredSoftmaxPair`). Softmax ignores a constant added
     to every entry, so the primal form's dual of ``u`` is
     ``log(u)/beta + c``: proxopt keeps the one with largest entry 0, computed
     exactly, when the base update does not depend on ``theta`` itself
