@@ -704,6 +704,26 @@ class Softmax(MirrorMap):
         s = sigmoid_into(torch.add(t, t, out=out), beta, out)
         return _affine_into(q[0], s, q[1] - q[0], out)
 
+    def centered_renormalize_(self, t: Tensor, beta: float) -> Tensor:
+        """:meth:`renormalize_` of the dual ``(-t, t)`` kept as ``t``: ``t <- min(max(t, f/2), -f/2)``.
+
+        With ``f = log(tiny)/beta``, the renormalisation clips ``d = t - (-t) = 2t`` to ``[f, -f]``
+        (``log(u_j / max_k u_k)/beta`` floored at ``f``) and keeps it bit for
+        bit otherwise; ``f/2`` and ``2t`` are exact, so the projection of the
+        result is that of :meth:`renormalize_`'s, bit for bit. NaN stays NaN.
+        """
+        half = _dual_floor(t.dtype, beta) / 2
+        return t.clamp_(half, -half)
+
+    def centered_renormalize_to_primal_into(self, t: Tensor, beta: float, out: Tensor) -> bool:
+        """:meth:`centered_renormalize_` then :meth:`centered_to_primal_into` in one pass for float32 CPU tensors
+        (:func:`proxopt.native.sm2_clamp_project_centered`, bit for bit the two calls); False (nothing done)
+        elsewhere."""
+        if t.numel() == 0 or out.shape != t.shape:
+            return False
+        q = self.levels
+        return native.sm2_clamp_project_centered(t, out, beta, _dual_floor(t.dtype, beta) / 2, q[0], q[1] - q[0])
+
     def centered_hard(self, t: Tensor) -> Tensor:
         """:meth:`hard` of the dual ``(-t, t)``: ``q_1`` where ``t >= 0`` (a tie takes the larger level) or
         NaN (as ``argmax`` takes a NaN), else ``q_0``."""

@@ -14,7 +14,8 @@
  *                                                                     log(u_j / max_k u_k) / beta)
  *   pullback  g_j = q_j g                                             (the mirror-descent step, B' = 1)
  *
- * and renorm followed by project in one pass (the primal form's write-back after a step).
+ * and renorm followed by project in one pass (the primal form's write-back after a step), also for the centered
+ * dual (-t, t), whose renorm is a clip of t to [floor/2, -floor/2].
  *
  * The projection and sign-Swish need one exponential of a non-positive number, computed here with range
  * reduction and a polynomial of plain additions and multiplications (the rest is additions,
@@ -97,6 +98,19 @@ static void project_centered_range(const args_t *A, long lo, long hi) {
     const float beta = A->beta, a = A->a, b = A->b;
     for (long i = lo; i < hi; i++)
         out[i] = affine_sigmoid((t[i] + t[i]) * beta, a, b);
+}
+
+/* the primal form's renormalisation of the centered dual (-t, t) (renorm_pair clips t - (-t) to [fl, -fl]: t to
+ * [fl/2, -fl/2], with fl/2 exact; NaN stays NaN), then project_centered_range of it, in one pass */
+static void clamp_project_centered_range(const args_t *A, long lo, long hi) {
+    float *t = A->o1, *out = A->out;
+    const float half_fl = A->floor_, beta = A->beta, a = A->a, b = A->b;
+    for (long i = lo; i < hi; i++) {
+        float x = t[i];
+        x = x < half_fl ? half_fl : (x > -half_fl ? -half_fl : x);
+        t[i] = x;
+        out[i] = affine_sigmoid((x + x) * beta, a, b);
+    }
 }
 
 /* theta_j - max_k theta_k, floored, through d = theta_1 - theta_0: the larger entry becomes +0 and the other
@@ -263,6 +277,13 @@ void proxopt_sm2_project_centered(const float *t, float *out, long n, float beta
     parallel(project_centered_range, &A, n, threads);
 }
 
+/* t <- min(max(t, half_floor), -half_floor) in place, then out = a + b sigma(beta (t + t)) */
+void proxopt_sm2_clamp_project_centered(float *t, float *out, long n, float beta, float half_floor, float a, float b,
+                                        int threads) {
+    args_t A = {NULL, NULL, NULL, NULL, t, out, beta, half_floor, a, b};
+    parallel(clamp_project_centered_range, &A, n, threads);
+}
+
 /* (t0, t1) <- (t0, t1) - max(t0, t1), floored at floor_, in place */
 void proxopt_sm2_renorm(float *t0, float *t1, long n, float floor_, int threads) {
     args_t A = {NULL, NULL, NULL, t0, t1, NULL, 0.0f, floor_, 0.0f, 0.0f};
@@ -295,4 +316,4 @@ void proxopt_ss_grad(const float *theta, const float *g, float *out, long n, flo
 }
 
 /* the interface version native.py checks */
-int proxopt_native_version(void) { return 7; }
+int proxopt_native_version(void) { return 8; }

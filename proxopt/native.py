@@ -68,10 +68,10 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["available", "status", "sm2_project", "sm2_project_centered", "sm2_renorm", "sm2_renorm_project",
-           "sm2_pullback", "sign_swish", "sign_swish_grad"]
+__all__ = ["available", "status", "sm2_project", "sm2_project_centered", "sm2_clamp_project_centered", "sm2_renorm",
+           "sm2_renorm_project", "sm2_pullback", "sign_swish", "sign_swish_grad"]
 
-_VERSION = 7
+_VERSION = 8
 _SOURCE = Path(__file__).with_name("native.c")
 _FLAGS = ("-O3", "-fPIC", "-shared", "-fno-fast-math", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
 #: tried in order: the machine's vector units and OpenMP threads, then without either
@@ -202,12 +202,14 @@ def _declare(lib: ctypes.CDLL) -> None:
     P, N, F, I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
     lib.proxopt_sm2_project.argtypes = [P, P, P, N, F, F, F, I]
     lib.proxopt_sm2_project_centered.argtypes = [P, P, N, F, F, F, I]
+    lib.proxopt_sm2_clamp_project_centered.argtypes = [P, P, N, F, F, F, F, I]
     lib.proxopt_sm2_renorm.argtypes = [P, P, N, F, I]
     lib.proxopt_sm2_renorm_project.argtypes = [P, P, P, N, F, F, F, F, I]
     lib.proxopt_sm2_pullback.argtypes = [P, P, P, N, F, F, I]
     lib.proxopt_ss_value.argtypes = [P, P, N, F, I]
     lib.proxopt_ss_grad.argtypes = [P, P, P, N, F, I]
-    for fn in (lib.proxopt_sm2_project, lib.proxopt_sm2_project_centered, lib.proxopt_sm2_renorm,
+    for fn in (lib.proxopt_sm2_project, lib.proxopt_sm2_project_centered, lib.proxopt_sm2_clamp_project_centered,
+               lib.proxopt_sm2_renorm,
                lib.proxopt_sm2_renorm_project, lib.proxopt_sm2_pullback, lib.proxopt_ss_value, lib.proxopt_ss_grad):
         fn.restype = None
     lib.proxopt_native_version.restype = ctypes.c_int
@@ -252,6 +254,13 @@ def _self_check(lib: ctypes.CDLL) -> Optional[str]:
     lib.proxopt_sm2_project(r0.data_ptr(), r1.data_ptr(), rw.data_ptr(), n, beta, -1.0, 2.0, 1)
     if not (torch.equal(f0, r0) and torch.equal(f1, r1) and torch.equal(fw, rw)):
         return "fused renormalisation and projection check failed"
+    c1 = (t1 * 1e3).clone()  # the centered dual's renormalisation (a clip of t) and projection, against the pair's
+    p0, p1 = -c1, c1.clone()
+    cw, pw = torch.empty(n), torch.empty(n)
+    lib.proxopt_sm2_clamp_project_centered(c1.data_ptr(), cw.data_ptr(), n, beta, floor / 2, -1.0, 2.0, 1)
+    lib.proxopt_sm2_renorm_project(p0.data_ptr(), p1.data_ptr(), pw.data_ptr(), n, beta, floor, -1.0, 2.0, 1)
+    if not (torch.equal(c1 + c1, p1 - p0) and torch.equal(cw, pw)):
+        return "centered renormalisation and projection check failed"
     g = torch.linspace(-3, 3, n)
     g0, g1 = torch.empty(n), torch.empty(n)
     lib.proxopt_sm2_pullback(g.data_ptr(), g0.data_ptr(), g1.data_ptr(), n, -1.0, 0.5, 1)
@@ -383,6 +392,14 @@ def sm2_project_centered(t: Tensor, out: Tensor, beta: float, a: float, b: float
     """``out = a + b sigma(beta (t - (-t)))``: :func:`sm2_project` of the centered dual ``(-t, t)`` bit for bit,
     natively; False (nothing done) where the torch path must run."""
     return _run("sm2_project_centered", (t, out), beta, a, b)
+
+
+def sm2_clamp_project_centered(t: Tensor, out: Tensor, beta: float, half_floor: float, a: float, b: float) -> bool:
+    """``t <- min(max(t, half_floor), -half_floor)`` in place, then ``out = a + b sigma(beta (t + t))``: the
+    primal form's renormalisation and projection of the centered dual ``(-t, t)`` in one pass
+    (:func:`sm2_renorm_project` of it, with ``half_floor = floor/2``), natively; False (nothing done) where the
+    torch path must run."""
+    return _run("sm2_clamp_project_centered", (t, out), beta, half_floor, a, b)
 
 
 def sm2_renorm(t0: Tensor, t1: Tensor, floor: float) -> bool:

@@ -117,7 +117,11 @@ class HandSGD(torch.optim.Optimizer):
     ("md-softmax-s", {"levels": (0.0, 1.0)}, False),
     ("md-softmax-s", {"levels": "ternary"}, False),
     ("md-softmax-s", {"base": HandSGD}, False),         # an optimizer proxopt does not know
-    ("md-softmax", {}, False),                         # the primal form keeps its own dual
+    ("md-softmax-s", {"weight_decay": 0.1}, True),       # odd whatever the settings
+    ("md-softmax", {}, True),                           # the primal form where the base ignores a shift
+    ("md-softmax", {"base": torch.optim.SGD, "weight_decay": 0.1}, True),
+    ("md-softmax", {"weight_decay": 0.1}, False),       # coupled decay: THEORY's log(u)/beta, two entries
+    ("md-softmax", {"base": HandSGD}, False),
 ])
 def test_which_groups_keep_the_half(name: str, kw: Dict[str, Any], centered: bool) -> None:
     w = nn.Parameter(torch.tensor([[0.3, -0.7, 0.0], [1.0, -1.0, 0.2]]))
@@ -178,7 +182,7 @@ def test_the_half_and_the_full_dual_give_the_same_model() -> None:
         torch.testing.assert_close(full.state[b]["latent"][..., 1], half.state[a]["latent"], rtol=0, atol=1e-13)
 
 
-def test_state_dict_round_trip_and_a_full_dual_state_is_refused() -> None:
+def test_state_dict_round_trip() -> None:
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
     opt = proxopt.optimizer("md-softmax-s", model.parameters(), lr=0.05)
@@ -196,15 +200,6 @@ def test_state_dict_round_trip_and_a_full_dual_state_is_refused() -> None:
     opt.step()
     opt2.step()
     assert torch.equal(clone.weight, model.weight)
-    bad = opt.state_dict()
-    for entry in bad["state"].values():
-        if "latent" in entry:
-            entry["latent"] = torch.stack([-entry["latent"], entry["latent"]], -1)
-    snapshot = {k: v.clone() for k, v in opt2.state[clone.weight].items() if isinstance(v, Tensor)}
-    with pytest.raises(ValueError, match="latent of parameter"):
-        opt2.load_state_dict(bad)
-    for k, v in snapshot.items():
-        assert torch.equal(opt2.state[clone.weight][k], v)
 
 
 # ----------------------------------------------------------------- the map's centered functions
@@ -303,3 +298,149 @@ def test_mirror_pair_of_the_same_map_is_unchanged() -> None:
     """The primal form and the Jacobian baseline of a binary softmax map keep the two-entry dual."""
     tr = MirrorPair(mm.Softmax("binary"), stable=False)
     assert tr.relayout and tr.grad_buffer
+
+
+# ----------------------------------------------------------------- the primal form and the two forms
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("beta", [1.0, 3.0, 700.0])
+def test_primal_reencoding_of_t_is_that_of_the_two_entry_dual(dtype: torch.dtype, beta: float) -> None:
+    """The clip of t and the renormalisation of (-t, t) to largest entry 0 (floored) keep the same
+    theta_1 - theta_0 and write the same w, bit for bit, the floor included; so do their rescalings."""
+    m = mm.Softmax("binary")
+    g = torch.Generator().manual_seed(1)
+    t = torch.cat([torch.randn(4000, generator=g, dtype=dtype) * s for s in (0.01, 1.0, 30.0)]
+                  + [torch.tensor([0.0, -0.0, 1e30, -1e30, math.inf, -math.inf], dtype=dtype)])
+    half, full = CenteredSoftmaxPair(m, stable=False), MirrorPair(m, stable=False)
+    theta = full.from_base(torch.stack([-t, t]).contiguous())
+    a, b = t.clone(), theta.clone()
+    wa, wb = torch.empty_like(t), torch.empty_like(t)
+    if not half.reencode_project_into(a, beta, wa, None):
+        half.reencode_(a, beta, beta)
+        half.project_into(a, beta, wa, None)
+    if not full.reencode_project_into(b, beta, wb, torch.empty_like(b)):
+        full.reencode_(b, beta, beta, torch.empty_like(b))
+        full.project_into(b, beta, wb, torch.empty_like(b))
+    assert torch.equal(a + a, b[..., 1] - b[..., 0])
+    assert torch.equal(wa, wb)
+    assert bool((a.abs() < t.abs()).any())  # the floor acted (on 1e30 and the infinities at least)
+    half.rescale_(a, beta, 2 * beta)
+    full.rescale_(b, beta, 2 * beta)
+    assert torch.equal(a + a, b[..., 1] - b[..., 0])
+
+
+@pytest.mark.parametrize("base,kw,odd,even", [
+    (torch.optim.Adam, {"lr": 0.05, "amsgrad": True}, ["exp_avg"], ["exp_avg_sq", "max_exp_avg_sq"]),
+    (torch.optim.RMSprop, {"lr": 0.01, "momentum": 0.5, "centered": True}, ["momentum_buffer", "grad_avg"],
+     ["square_avg"]),
+    (torch.optim.Rprop, {"lr": 0.01}, ["prev"], ["step_size"]),
+])
+def test_a_primal_group_moves_to_two_entries_when_it_needs_log_u(base: Type[torch.optim.Optimizer],
+                                                                 kw: Dict[str, Any], odd: List[str],
+                                                                 even: List[str]) -> None:
+    """Coupled weight decay switched on mid-run: at the next step the group's t becomes (-t, t) and each base
+    state tensor s becomes (-s, s) or (s, s), then the step re-encodes to log(u)/beta as THEORY writes it."""
+    x, y, w0 = _problem(torch.float64)
+    w = nn.Parameter(w0.clone())
+    opt = proxopt.MirrorDescent([w], mirror_map="softmax", stable=False, base=base, **kw)
+    for _ in range(3):
+        w.grad = _grad(w.detach(), x, y)
+        opt.step()
+    t = opt.state[w]["latent"].clone()
+    state = {k: v.clone() for k, v in opt.base_optimizer.state[opt.base_optimizer.param_groups[0]["params"][0]].items()
+             if isinstance(v, Tensor)}
+    assert t.shape == w.shape
+    opt.param_groups[0]["weight_decay"] = 0.1
+    w_before = w.detach().clone()
+    opt._prepare_step()  # what the next step does first
+    theta = opt.state[w]["latent"]
+    assert theta.shape == w.shape + (2,) and torch.equal(theta[..., 0], -t) and torch.equal(theta[..., 1], t)
+    bt = opt.base_optimizer.param_groups[0]["params"][0]
+    assert bt.is_contiguous() and theta._base is bt
+    new = opt.base_optimizer.state[bt]
+    for k in odd:
+        assert torch.equal(new[k], torch.stack([-state[k], state[k]]))
+    for k in even:
+        assert torch.equal(new[k], torch.stack([state[k], state[k]]))
+    assert torch.equal(w.detach(), w_before)
+    w.grad = _grad(w.detach(), x, y)
+    opt.step()
+    assert opt._transform(opt.param_groups[0]).encodes_before_step
+    opt.param_groups[0]["weight_decay"] = 0.0  # the two entries stay (their states are no longer (-s, s))
+    opt.step()
+    assert opt.state[w]["latent"].shape == w.shape + (2,)
+
+
+def test_a_base_state_of_unknown_parity_is_refused_with_nothing_changed() -> None:
+    w = nn.Parameter(torch.randn(3, 4))
+    opt = proxopt.MirrorDescent([w], mirror_map="softmax", stable=False, lr=0.05)
+    w.grad = torch.randn(3, 4)
+    opt.step()
+    bt = opt.base_optimizer.param_groups[0]["params"][0]
+    opt.base_optimizer.state[bt]["mystery"] = torch.ones(3, 4)
+    t = opt.state[w]["latent"].clone()
+    opt.param_groups[0]["weight_decay"] = 0.1
+    with pytest.raises(ValueError, match="mystery"):
+        opt.step()
+    assert torch.equal(opt.state[w]["latent"], t) and opt.base_optimizer.param_groups[0]["params"][0] is bt
+
+
+def _primal_run(weight_decay_at: int, steps: int = 6) -> Tuple[Any, nn.Parameter]:
+    x, y, w0 = _problem(torch.float64)
+    w = nn.Parameter(w0.clone())
+    opt = proxopt.optimizer("md-softmax", [w], lr=0.05)
+    for k in range(steps):
+        if k == weight_decay_at:
+            opt.param_groups[0]["weight_decay"] = 0.1
+        w.grad = _grad(w.detach(), x, y)
+        opt.step()
+    return opt, w
+
+
+def test_a_state_dict_in_the_other_form_loads_and_resumes_bit_for_bit() -> None:
+    """Saved with two entries (after coupled decay), loaded into a new optimizer kept as t: it takes the two
+    entries, and both continue alike; and back: a t checkpoint into the two-entry optimizer."""
+    src, w = _primal_run(weight_decay_at=2)
+    assert src.state[w]["latent"].shape == w.shape + (2,)
+    sd = copy.deepcopy(src.state_dict())
+    w2 = nn.Parameter(torch.zeros_like(w))
+    dst = proxopt.optimizer("md-softmax", [w2], lr=0.05)
+    assert dst.state[w2]["latent"].shape == w2.shape
+    dst.load_state_dict(sd)
+    assert dst.state[w2]["latent"].shape == w2.shape + (2,) and torch.equal(w2, w)
+    x, y, _ = _problem(torch.float64)
+    for _ in range(3):
+        w.grad = _grad(w.detach(), x, y)
+        w2.grad = w.grad.clone()
+        src.step()
+        dst.step()
+        assert torch.equal(w2, w) and torch.equal(dst.state[w2]["latent"], src.state[w]["latent"])
+    early, w3 = _primal_run(weight_decay_at=99, steps=3)
+    assert early.state[w3]["latent"].shape == w3.shape
+    dst.load_state_dict(copy.deepcopy(early.state_dict()))
+    assert dst.state[w2]["latent"].shape == w2.shape and torch.equal(w2, w3)
+    w3.grad = _grad(w3.detach(), x, y)
+    w2.grad = w3.grad.clone()
+    early.step()
+    dst.step()
+    assert torch.equal(w2, w3)
+
+
+def test_a_failed_load_in_the_other_form_restores_the_form() -> None:
+    src, w = _primal_run(weight_decay_at=2)
+    bad = copy.deepcopy(src.state_dict())
+    for entry in bad["base"]["state"].values():
+        entry["exp_avg"] = entry["exp_avg"][..., :1]  # a base state of the wrong shape
+    w2 = nn.Parameter(torch.zeros_like(w))
+    dst = proxopt.optimizer("md-softmax", [w2], lr=0.05)
+    w2.grad = torch.ones_like(w2)
+    dst.step()
+    lat = dst.state[w2]["latent"]
+    bt = dst.base_optimizer.param_groups[0]["params"][0]
+    entry = dst.base_optimizer.state[bt]
+    before = (lat.clone(), {k: v.clone() for k, v in entry.items()}, w2.detach().clone())
+    with pytest.raises(ValueError, match="exp_avg"):
+        dst.load_state_dict(bad)
+    assert dst.state[w2]["latent"] is lat and dst.base_optimizer.param_groups[0]["params"][0] is bt
+    assert dst.base_optimizer.state[bt] is entry
+    assert torch.equal(lat, before[0]) and torch.equal(w2.detach(), before[2])
+    assert all(torch.equal(entry[k], v) for k, v in before[1].items())

@@ -265,7 +265,7 @@ def test_loaded_latents_are_copies_not_aliases_of_the_checkpoint() -> None:
 
 
 # ------------------------------------------------- the level-major softmax dual
-@pytest.mark.parametrize("name,kw", [("md-softmax-s", {"levels": "ternary"}), ("md-softmax", {}),
+@pytest.mark.parametrize("name,kw", [("md-softmax-s", {"levels": "ternary"}), ("md-softmax", {"levels": (-1.0, 0.5)}),
                                      ("md-softmax-s", {"levels": (-1.0, 0.5), "base": torch.optim.SGD,
                                                        "momentum": 0.9})])
 def test_softmax_dual_state_is_saved_in_the_latent_shape_and_resumes(name: str, kw: Dict[str, Any]) -> None:

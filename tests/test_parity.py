@@ -325,13 +325,16 @@ def hand_trajectory(preset: str, base: type, base_kwargs: Dict[str, Any], theta0
         # the dual of u whose largest entry is 0 (softmax ignores a common shift): log(u_j / max_k u_k) / beta
         def dual(u: Tensor, beta: float) -> Tensor:
             return torch.log((u / u.amax(-1, keepdim=True)).clamp_min(tiny)) / beta
+        # levels (-1, 1) under an odd elementwise base: proxopt keeps the zero-sum dual (-t, t) as t
+        def kept(th: Tensor) -> Tensor:
+            return (th[..., 1] - th[..., 0]) / 2
         beta = DEFAULT_STRENGTH[preset]
-        u = ref_softmax_simplex(theta0, beta)
+        u = ref_softmax_simplex(torch.stack([-theta0, theta0], -1), beta)
         for _ in range(STEPS):
             theta = dual(u, beta)
             theta = opt.step(theta, grad_at(u @ q, x, y).unsqueeze(-1) * q)
             u = ref_softmax_simplex(theta, beta)
-            out.append((u @ q, dual(u, beta)))  # raising beta keeps u (and the latent)
+            out.append((u @ q, kept(dual(u, beta))))  # raising beta keeps u (and the latent)
             beta *= ANNEAL
         return out
     if preset == "md-softmax-s":  # §5 softmax, stable form: w = softmax(beta theta) q, grad_theta = g q

@@ -913,6 +913,10 @@ class LatentOptimizer(WrappedOptimizer):
             self._project_all()
         return changed
 
+    def _prepare_step(self) -> None:
+        """Hook run by :meth:`step` once the gradients and values are checked, before anything else: a subclass
+        may change how a group keeps its latents here (``MirrorDescent``'s two forms of the softmax dual)."""
+
     def refresh(self) -> None:
         """Re-establish ``model = F(theta)`` after ``mu``/``beta`` changed (schedulers call this).
 
@@ -956,6 +960,7 @@ class LatentOptimizer(WrappedOptimizer):
             return loss
         self._relink()
         self._sync()
+        self._prepare_step()
         stepped: List[Tuple[int, Dict[str, Any], List[bool]]] = []
         reencoded: Dict[int, float] = {}  # primal groups re-encoded at a new beta -> their old encoding
         clobbered: List[Tuple[int, int]] = []  # (group, parameter) whose storage served as a gradient buffer

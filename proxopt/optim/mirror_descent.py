@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple, Type
 
 import torch
+from torch import Tensor
 from torch.optim import Optimizer
 
 from .. import mirror_maps as mm
 from .engine import LatentOptimizer
-from .transforms import CenteredSoftmaxPair, MirrorPair, Transform
+from .transforms import PLAIN, CenteredSoftmaxPair, MirrorPair, Transform
 
-__all__ = ["MirrorDescent", "SHIFT_FREE", "SHIFT_FREE_UNDECAYED", "ODD_BASES"]
+__all__ = ["MirrorDescent", "SHIFT_FREE", "SHIFT_FREE_UNDECAYED", "ODD_BASES", "ODD_STATE", "EVEN_STATE"]
 
 #: Base optimizers whose update of a weight's softmax dual moves all its entries alike when one constant is
 #: added to them, whatever their settings: the duals ``log(u)/beta + c`` of the primal form then give the same
@@ -29,6 +30,11 @@ SHIFT_FREE_UNDECAYED: Dict[Type[Optimizer], Optional[bool]] = {
     torch.optim.Adamax: None, torch.optim.RMSprop: None, torch.optim.Adagrad: None, torch.optim.Adadelta: None,
     torch.optim.Rprop: None}
 
+#: The per-tensor state entries of :data:`ODD_BASES` that change sign with the tensor (momentum, first moments, the
+#: previous gradient) ...
+ODD_STATE = frozenset({"momentum_buffer", "exp_avg", "grad_avg", "prev"})
+#: ... and those that do not (second moments, their maxima, accumulators, step sizes).
+EVEN_STATE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "exp_inf", "square_avg", "sum", "acc_delta", "step_size"})
 #: Base optimizers whose update is elementwise and odd whatever their settings: negating a tensor, its gradient
 #: and its odd state (momentum, first moments; the second moments and step sizes are even) negates the update
 #: bit for bit (every operation commutes with a sign flip). The stable form keeps a two-level softmax dual
@@ -146,22 +152,137 @@ class MirrorDescent(LatentOptimizer):
     def _centered(self, group: Dict[str, Any]) -> bool:
         """Whether the group keeps its dual ``(-t, t)`` as ``t`` (:class:`~.transforms.CenteredSoftmaxPair`).
 
-        The stable form of the softmax map with levels ``(-a, a)``, without
-        the Jacobian, under a base optimizer of :data:`ODD_BASES` (a subclass
-        counts as the torch optimizer it derives from): none of these change
-        during training, so neither does the latent's shape.
+        Possible for the softmax map with levels ``(-a, a)``, without the
+        Jacobian, under a base optimizer of :data:`ODD_BASES` (a subclass
+        counts as the torch optimizer it derives from), for plain tensors.
+        The latents' shape says which form a group keeps; a new group takes
+        ``t`` in the stable form, and in the primal form where the base
+        update ignores a common shift of the dual (:meth:`_log_partition`
+        False). A primal group whose base settings change so that it needs
+        ``log(u)/beta`` moves to the two-entry dual at its next step
+        (:meth:`_prepare_step`) and keeps it.
         """
+        if not self._centered_possible(group):
+            return False
+        kept = self._kept_centered(group)
+        if kept is not None:
+            return kept
+        return group["stable"] or not self._log_partition(group)
+
+    def _centered_possible(self, group: Dict[str, Any]) -> bool:
         m = mm.get(group["mirror_map"])
-        if not (group["stable"] and not group["exact_gradient"] and isinstance(m, mm.Softmax) and m.centered_pair):
+        if group["exact_gradient"] or not isinstance(m, mm.Softmax) or not m.centered_pair:
+            return False
+        if not all(type(p) in PLAIN for p in group["params"]):
             return False
         return any(cls in ODD_BASES for cls in self._base_cls.__mro__)
 
+    def _kept_centered(self, group: Dict[str, Any]) -> Optional[bool]:
+        """Whether the group's latents are ``t`` (the weight's shape) or the two-entry dual; None before they exist."""
+        for p in group["params"]:
+            st = self.state.get(p)
+            lat = st.get("latent") if st else None
+            if lat is not None:
+                return lat.shape == p.shape
+        return None
+
+    @torch.no_grad()
+    def _set_form(self, gi: int, group: Dict[str, Any], centered: bool) -> None:
+        """Move group ``gi``'s latents and their base state to ``t`` (``centered``) or to the two-entry dual.
+
+        To the two-entry dual: ``(-t, t)``, level-major, and each base state
+        tensor ``s`` of ``t``'s shape becomes ``(-s, s)`` (odd entries,
+        :data:`ODD_STATE`) or ``(s, s)`` (even ones): the state the base
+        optimizer would hold had it stepped the two-entry dual, exactly. To
+        ``t``: ``(theta_1 - theta_0)/2`` and entry 1 of the state (only
+        before a load overwrites them). Raises ``ValueError``, with nothing
+        changed, for a base state entry of unknown parity.
+        """
+        bparams = self.base_optimizer.param_groups[gi]["params"]
+        if not centered:
+            for bt in bparams:
+                for key, val in self.base_optimizer.state.get(bt, {}).items():
+                    if isinstance(val, Tensor) and val.dim() and key not in ODD_STATE and key not in EVEN_STATE:
+                        raise ValueError(f"Invalid base state: {key!r} of group {gi} (proxopt does not know whether "
+                                         "it changes sign with the dual, so it cannot move the group's dual (-t, t) "
+                                         "to two entries)")
+        for pi, p in enumerate(group["params"]):
+            st = self.state.get(p)
+            lat = st.get("latent") if st else None
+            if lat is None or (lat.shape == p.shape) == centered:
+                continue
+            old = bparams[pi]
+            entry = self.base_optimizer.state.pop(old, None)
+
+            def move(key: str, x: Tensor) -> Tensor:
+                if centered:  # base layout (2, ...) -> (...)
+                    return ((x[1] - x[0]) * 0.5).contiguous() if key in ODD_STATE or key == "latent" \
+                        else x[1].contiguous()
+                return torch.stack([-x if key in ODD_STATE or key == "latent" else x, x]).contiguous()
+
+            src = old if centered else lat
+            new = move("latent", src)
+            if entry is not None:
+                entry = {k: move(k, v) if isinstance(v, Tensor) and v.dim() and v.shape == old.shape else v
+                         for k, v in entry.items()}
+                self.base_optimizer.state[new] = entry
+            bparams[pi] = new
+            st["latent"] = new if centered else new.movedim(0, -1)
+
+    def _prepare_step(self) -> None:
+        """A primal group kept as ``t`` whose base settings now need ``log(u)/beta`` (coupled weight decay) moves
+        to the two-entry dual (:meth:`_set_form`) before the step re-encodes it."""
+        for gi, group in self._quantized_groups():
+            if not group["stable"] and self._kept_centered(group) and self._log_partition(group):
+                self._set_form(gi, group, centered=False)
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """:meth:`~proxopt.optim.engine.WrappedOptimizer.load_state_dict`; a group whose saved latents are in the
+        other form (``t`` or the two-entry dual, :meth:`_centered`) takes that form first, and gets its own
+        back if the load fails."""
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        saved = state_dict.get("state", {}) if isinstance(state_dict, dict) else {}
+        moves = []
+        if isinstance(groups, list) and len(groups) == len(self.param_groups):
+            for gi, (sg, group) in enumerate(zip(groups, self.param_groups)):
+                if not (group["quantize"] and self._centered_possible(group)) or not isinstance(sg, dict):
+                    continue
+                ids = sg.get("params", ())
+                lats = [saved.get(i, {}).get("latent") for i in ids] if len(ids) == len(group["params"]) else []
+                shapes = [(lat.shape == p.shape) for lat, p in zip(lats, group["params"]) if isinstance(lat, Tensor)]
+                mine = self._kept_centered(group)
+                if shapes and all(x == shapes[0] for x in shapes) and mine is not None and shapes[0] != mine:
+                    moves.append((gi, group, shapes[0]))
+        if not moves:
+            return super().load_state_dict(state_dict)
+        before = [(list(self.base_optimizer.param_groups[gi]["params"]),
+                   [self.state[p].get("latent") for p in group["params"]],
+                   {id(bt): self.base_optimizer.state.get(bt) for bt in self.base_optimizer.param_groups[gi]["params"]})
+                  for gi, group, _ in moves]
+        try:
+            for gi, group, centered in moves:
+                self._set_form(gi, group, centered)
+            super().load_state_dict(state_dict)
+        except BaseException:
+            for (gi, group, _), (bparams, lats, entries) in zip(moves, before):
+                for bt in self.base_optimizer.param_groups[gi]["params"]:
+                    self.base_optimizer.state.pop(bt, None)
+                self.base_optimizer.param_groups[gi]["params"][:] = bparams
+                for bt in bparams:
+                    if entries[id(bt)] is not None:
+                        self.base_optimizer.state[bt] = entries[id(bt)]
+                for p, lat in zip(group["params"], lats):
+                    if lat is not None:
+                        self.state[p]["latent"] = lat
+            raise
+
     def _transform_key(self, group: Dict[str, Any]) -> Tuple[Any, ...]:
-        return ("md", group["mirror_map"], group["stable"], group["exact_gradient"], self._log_partition(group),
-                self._centered(group))
+        if self._centered(group):
+            return ("md", group["mirror_map"], group["stable"], "centered")
+        return ("md", group["mirror_map"], group["stable"], group["exact_gradient"], self._log_partition(group))
 
     def _build_transform(self, group: Dict[str, Any]) -> Transform:
         if self._centered(group):
-            return CenteredSoftmaxPair(mm.get(group["mirror_map"]))  # type: ignore[arg-type]
+            return CenteredSoftmaxPair(mm.get(group["mirror_map"]), group["stable"])  # type: ignore[arg-type]
         return MirrorPair(mm.get(group["mirror_map"]), group["stable"], group["exact_gradient"],
                           self._log_partition(group))

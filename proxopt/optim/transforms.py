@@ -272,19 +272,17 @@ class MirrorPair(Transform):
 
 
 class CenteredSoftmaxPair(Transform):
-    """The stable form of the softmax map with two levels ``(-a, a)``, its dual ``(-t, t)`` kept as ``t`` [MD].
+    """The softmax map with two levels ``(-a, a)``, its dual ``(-t, t)`` kept as ``t`` [MD].
 
-    The stable form (THEORY.md §5) with the softmax map keeps a dual
-    ``theta in R^2`` per weight, steps it with the base optimizer on the
-    pull-back ``g q = (-a g, a g)`` and writes
-    ``w = q_0 + (q_1 - q_0) sigma(beta (theta_1 - theta_0))``; it starts
-    from the zero-sum dual ``(-t_0, t_0)``
-    (:meth:`~proxopt.mirror_maps.Softmax.center_`). A base update that is
-    elementwise and odd (negating a tensor, its gradient and its state
-    negates the update and keeps the even moments: SGD, Adam, RMSprop, ...,
-    weight decay included, :data:`proxopt.optim.mirror_descent.ODD_BASES`)
-    keeps a dual of that form: entry 0 takes entry 1's steps negated, bit
-    for bit. So the dual is kept as ``t = theta_1`` alone, stepped on ``a g``:
+    The softmax map keeps a dual ``theta in R^2`` per weight, steps it with
+    the base optimizer on the pull-back ``g q = (-a g, a g)`` and writes
+    ``w = q_0 + (q_1 - q_0) sigma(beta (theta_1 - theta_0))``. A base update
+    that is elementwise and odd (negating a tensor, its gradient and its odd
+    state negates the update and keeps the even moments: SGD, Adam,
+    RMSprop, ..., weight decay included,
+    :data:`proxopt.optim.mirror_descent.ODD_BASES`) keeps a dual of the form
+    ``(-t, t)``: entry 0 takes entry 1's steps negated, bit for bit. So the
+    dual is kept as ``t = theta_1`` alone, stepped on ``a g``:
 
     .. math:: w_t = q_0 + (q_1 - q_0)\,\sigma\big(\beta (t_t + t_t)\big),\qquad
               t_{t+1} = \mathrm{BaseStep}(t_t,\ a\,\nabla_w f(w_t))
@@ -292,26 +290,41 @@ class CenteredSoftmaxPair(Transform):
     the iterates of the two-entry dual (bit for bit where the base
     optimizer rounds every element alike) with half its memory and passes:
     the latent has the weight's shape, and ``a = 1`` passes ``p.grad``
-    itself (``B' = 1``). For ``a = 1`` this is the MD-tanh-S update
-    ``w = tanh(beta t)`` from the softmax start: THEORY.md §5's "binary
-    softmax and tanh are the same algorithm up to initialisation".
+    itself (``B' = 1``).
+
+    * Stable form: it starts from the zero-sum dual of ``p``'s smoothed
+      simplex point (:meth:`~proxopt.mirror_maps.Softmax.center_`), as
+      :class:`MirrorPair` does. For ``a = 1`` this is the MD-tanh-S update
+      ``w = tanh(beta t)`` from the softmax start: THEORY.md §5's "binary
+      softmax and tanh are the same algorithm up to initialisation".
+    * Primal form (``stable=False``): the duals of the kept simplex point
+      differ by a common shift, which the base optimizers that use this
+      pair ignore; the zero-sum one is ``(-t, t)``, and its
+      re-encoding after every step clips ``t`` to ``[f/2, -f/2]``,
+      ``f = log(tiny)/beta`` (:meth:`~proxopt.mirror_maps.Softmax.centered_renormalize_`):
+      the same ``theta_1 - theta_0``, bit for bit, as the dual with largest
+      entry 0 that :class:`MirrorPair` keeps.
+
     :class:`~proxopt.MirrorDescent` uses it where these conditions hold;
     the latent, in state dicts too, is then ``t``.
     """
 
     scalable = False  # as for the two-entry dual: scale the levels instead
 
-    def __init__(self, mirror_map: mm.Softmax) -> None:
+    def __init__(self, mirror_map: mm.Softmax, stable: bool = True) -> None:
         if not mirror_map.centered_pair:
             raise ValueError(f"Invalid mirror_map: {mirror_map!r} (the centered dual needs two levels (-a, a))")
         self.map = mirror_map
+        self.primal = not stable
         self.levels = mirror_map.levels
         self.a = mirror_map.levels[1]
         self.unit_backward = self.a == 1.0
 
     def init_latent(self, p: Tensor) -> Tensor:
-        """``t_0``: entry 1 of the zero-sum dual of ``p``'s smoothed simplex point (as :class:`MirrorPair`'s)."""
-        theta = self.map.init_dual(p.detach().to(latent_dtype(p)), MirrorPair.STABLE_SMOOTHING)
+        """``t_0``: entry 1 of the zero-sum dual of ``p``'s simplex point (smoothed in the stable form, as
+        :class:`MirrorPair`'s start)."""
+        smoothing = 0.0 if self.primal else MirrorPair.STABLE_SMOOTHING
+        theta = self.map.init_dual(p.detach().to(latent_dtype(p)), smoothing)
         return self.map.center_(theta)[..., 1].contiguous()
 
     def forward(self, theta: Tensor, v: float) -> Tensor:
@@ -331,6 +344,24 @@ class CenteredSoftmaxPair(Transform):
 
     def hard(self, theta: Tensor) -> Tensor:
         return self.map.centered_hard(theta)
+
+    def reencode(self, theta: Tensor, old: float, new: float) -> Tensor:
+        """Primal form: the clip at ``old`` (:meth:`~proxopt.mirror_maps.Softmax.centered_renormalize_`), times
+        ``old / new``."""
+        return self.reencode_(theta.clone(), old, new)
+
+    def reencode_(self, theta: Tensor, old: float, new: float, scratch: Optional[Tensor] = None) -> Tensor:
+        self.map.centered_renormalize_(theta, old)
+        return theta if old == new else theta.mul_(old / new)
+
+    def rescale_(self, theta: Tensor, old: float, new: float, scratch: Optional[Tensor] = None) -> Tensor:
+        """``theta * old / new``: the latent is already re-encoded at ``old`` (see :meth:`MirrorPair.rescale_`)."""
+        return theta if old == new else theta.mul_(old / new)
+
+    def reencode_project_into(self, theta: Tensor, v: float, out: Tensor, scratch: Optional[Tensor]) -> bool:
+        """The primal form's write-back in one native pass where it applies
+        (:meth:`~proxopt.mirror_maps.Softmax.centered_renormalize_to_primal_into`)."""
+        return self.primal and self.map.centered_renormalize_to_primal_into(theta, v, out)
 
 
 #: plain tensor types (the transforms run on them directly; anything else may be a DTensor)
