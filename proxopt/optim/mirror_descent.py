@@ -71,7 +71,10 @@ class MirrorDescent(LatentOptimizer):
     :data:`ODD_BASES` (Adam, SGD, ...) that dual stays ``(-t, t)``, and the
     group keeps ``t`` alone, of the weight's shape: the same iterates at
     half the memory and passes
-    (:class:`~proxopt.optim.transforms.CenteredSoftmaxPair`). Softmax ignores a constant added
+    (:class:`~proxopt.optim.transforms.CenteredSoftmaxPair`); so does the
+    primal form where the base update ignores a common shift (below), until
+    coupled weight decay makes it need ``log(u)/beta``: it then moves to the
+    two entries, with its base state, and keeps them. Softmax ignores a constant added
     to every entry, so the primal form's dual of ``u`` is
     ``log(u)/beta + c``: proxopt keeps the one with largest entry 0, computed
     exactly, when the base update does not depend on ``theta`` itself
