@@ -444,3 +444,92 @@ def test_a_failed_load_in_the_other_form_restores_the_form() -> None:
     assert dst.base_optimizer.state[bt] is entry
     assert torch.equal(lat, before[0]) and torch.equal(w2.detach(), before[2])
     assert all(torch.equal(entry[k], v) for k, v in before[1].items())
+
+
+def _to_two_entries(opt: Any) -> None:
+    """Move every group kept as t to the two-entry dual (what a step does when it needs log(u)/beta)."""
+    for gi, group in enumerate(opt.param_groups):
+        opt._commit_form(gi, group, opt._plan_form(gi, group, centered=False))
+
+
+def test_a_0d_parameter_moves_with_its_state() -> None:
+    w = nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+    v = nn.Parameter(torch.tensor([0.3, -0.2], dtype=torch.float64))
+    opt = proxopt.optimizer("md-softmax", [w, v], lr=0.1, foreach=False)
+    for _ in range(2):
+        w.grad, v.grad = torch.tensor(0.5, dtype=torch.float64), torch.tensor([0.5, -0.1], dtype=torch.float64)
+        opt.step()
+    bt = opt.base_optimizer.param_groups[0]["params"][0]
+    m, step = opt.base_optimizer.state[bt]["exp_avg"].clone(), opt.base_optimizer.state[bt]["step"].clone()
+    opt.param_groups[0]["weight_decay"] = 0.01
+    w.grad, v.grad = torch.tensor(0.5, dtype=torch.float64), torch.tensor([0.5, -0.1], dtype=torch.float64)
+    opt._prepare_step()
+    bt = opt.base_optimizer.param_groups[0]["params"][0]
+    entry = opt.base_optimizer.state[bt]
+    assert bt.shape == (2,) and entry["exp_avg"].shape == (2,) and entry["exp_avg_sq"].shape == (2,)
+    assert torch.equal(entry["exp_avg"], torch.stack([-m, m])) and torch.equal(entry["step"], step)
+    for _ in range(2):
+        opt.step()
+    assert opt.state[w]["latent"].shape == (2,)
+
+
+def test_a_failing_group_plan_changes_no_group() -> None:
+    """Two primal groups need log(u)/beta at once; the second has a base state of unknown parity: the step raises
+    and neither group changed form."""
+    a, b = nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(4))
+    opt = proxopt.optimizer("md-softmax", [{"params": [a]}, {"params": [b]}], lr=0.05)
+    a.grad, b.grad = torch.randn(3), torch.randn(4)
+    opt.step()
+    opt.base_optimizer.state[opt.base_optimizer.param_groups[1]["params"][0]]["mystery"] = torch.ones(4)
+    for g in opt.param_groups:
+        g["weight_decay"] = 0.1
+    lat = [opt.state[p]["latent"] for p in (a, b)]
+    with pytest.raises(ValueError, match="mystery"):
+        opt.step()
+    assert [opt.state[p]["latent"] for p in (a, b)] == lat and all(t.dim() == 1 for t in lat)
+
+
+def test_loading_into_the_other_form_ignores_my_base_state() -> None:
+    """My base state is replaced by the load: a key of unknown parity in it does not stop the form change."""
+    src, w = _primal_run(weight_decay_at=2)
+    sd = copy.deepcopy(src.state_dict())
+    w2 = nn.Parameter(torch.zeros_like(w))
+    dst = proxopt.optimizer("md-softmax", [w2], lr=0.05)
+    w2.grad = torch.ones_like(w2)
+    dst.step()
+    dst.base_optimizer.state[dst.base_optimizer.param_groups[0]["params"][0]]["mystery"] = torch.ones_like(w2)
+    dst.load_state_dict(sd)
+    assert torch.equal(w2, w) and dst.state[w2]["latent"].shape == w.shape + (2,)
+
+
+@pytest.mark.parametrize("saved_full,mine_full", [(False, True), (True, False), (False, False), (True, True)])
+def test_state_entries_replaced_from_outside_in_the_other_form(saved_full: bool, mine_full: bool) -> None:
+    """What ZeroRedundancyOptimizer.load_state_dict does (``optim.state[p] = saved_entry``), across forms: the
+    next step continues the saved run bit for bit."""
+    def make(full: bool) -> Tuple[List[nn.Parameter], Any]:
+        torch.manual_seed(0)
+        ps = [nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(5))]
+        o = proxopt.optimizer("md-softmax-s", ps, lr=0.1, foreach=False)
+        if full:
+            _to_two_entries(o)
+            o._project_all()
+        return ps, o
+
+    def steps(ps: List[nn.Parameter], o: Any, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(n):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=g)
+            o.step()
+
+    ps, o = make(saved_full)
+    steps(ps, o, 3, 1)
+    sd = copy.deepcopy(o.state_dict())
+    ps2, o2 = make(mine_full)
+    for idx, p in zip(sd["param_groups"][0]["params"], ps2):
+        o2.state[p] = copy.deepcopy(sd["state"][idx])
+    steps(ps2, o2, 2, 9)
+    steps(ps, o, 2, 9)
+    for p, q in zip(ps, ps2):
+        assert torch.equal(p, q)
+        assert torch.equal(o.state[p]["latent"], o2.state[q]["latent"])

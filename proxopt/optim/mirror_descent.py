@@ -6,7 +6,7 @@ References:
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 import torch
 from torch import Tensor
@@ -16,7 +16,8 @@ from .. import mirror_maps as mm
 from .engine import LatentOptimizer
 from .transforms import PLAIN, CenteredSoftmaxPair, MirrorPair, Transform
 
-__all__ = ["MirrorDescent", "SHIFT_FREE", "SHIFT_FREE_UNDECAYED", "ODD_BASES", "ODD_STATE", "EVEN_STATE"]
+__all__ = ["MirrorDescent", "SHIFT_FREE", "SHIFT_FREE_UNDECAYED", "ODD_BASES", "ODD_STATE", "EVEN_STATE",
+           "SCALAR_STATE"]
 
 #: Base optimizers whose update of a weight's softmax dual moves all its entries alike when one constant is
 #: added to them, whatever their settings: the duals ``log(u)/beta + c`` of the primal form then give the same
@@ -35,6 +36,21 @@ SHIFT_FREE_UNDECAYED: Dict[Type[Optimizer], Optional[bool]] = {
 ODD_STATE = frozenset({"momentum_buffer", "exp_avg", "grad_avg", "prev"})
 #: ... and those that do not (second moments, their maxima, accumulators, step sizes).
 EVEN_STATE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "exp_inf", "square_avg", "sum", "acc_delta", "step_size"})
+#: ... and their per-tensor scalars (0-d tensors whatever the tensor's shape).
+SCALAR_STATE = frozenset({"step", "mu_product"})
+
+
+def _to_form(x: Tensor, key: str, centered: bool) -> Tensor:
+    """One tensor of a softmax dual's form change: the latent (``key="latent"``) or a base state entry.
+
+    To ``t`` (``centered``) from the level-major ``(2, ...)`` layout:
+    ``(x_1 - x_0)/2`` for the latent and odd entries, ``x_1`` for even ones;
+    to the two-entry dual: ``(-x, x)`` or ``(x, x)``, contiguous ``(2, ...)``.
+    """
+    odd = key == "latent" or key in ODD_STATE
+    if centered:
+        return ((x[1] - x[0]) * 0.5).contiguous() if odd else x[1].contiguous()
+    return torch.stack([-x if odd else x, x]).contiguous()
 #: Base optimizers whose update is elementwise and odd whatever their settings: negating a tensor, its gradient
 #: and its odd state (momentum, first moments; the second moments and step sizes are even) negates the update
 #: bit for bit (every operation commutes with a sign flip). The stable form keeps a two-level softmax dual
@@ -173,8 +189,9 @@ class MirrorDescent(LatentOptimizer):
         return group["stable"] or not self._log_partition(group)
 
     def _centered_possible(self, group: Dict[str, Any]) -> bool:
-        m = mm.get(group["mirror_map"])
-        if group["exact_gradient"] or not isinstance(m, mm.Softmax) or not m.centered_pair:
+        if group["exact_gradient"] or group["mirror_map"].get("name") != mm.Softmax.name:
+            return False
+        if not mm.get(group["mirror_map"]).centered_pair:  # type: ignore[attr-defined]
             return False
         if not all(type(p) in PLAIN for p in group["params"]):
             return False
@@ -190,54 +207,95 @@ class MirrorDescent(LatentOptimizer):
         return None
 
     @torch.no_grad()
-    def _set_form(self, gi: int, group: Dict[str, Any], centered: bool) -> None:
-        """Move group ``gi``'s latents and their base state to ``t`` (``centered``) or to the two-entry dual.
+    def _plan_form(self, gi: int, group: Dict[str, Any], centered: bool, keep_state: bool = True
+                   ) -> List[Tuple[int, Tensor, Optional[Dict[str, Any]]]]:
+        """The new base tensors (and base state) that move group ``gi`` to ``t`` (``centered``) or to the two-entry
+        dual, built without changing anything; :meth:`_commit_form` installs them.
 
         To the two-entry dual: ``(-t, t)``, level-major, and each base state
         tensor ``s`` of ``t``'s shape becomes ``(-s, s)`` (odd entries,
         :data:`ODD_STATE`) or ``(s, s)`` (even ones): the state the base
         optimizer would hold had it stepped the two-entry dual, exactly. To
-        ``t``: ``(theta_1 - theta_0)/2`` and entry 1 of the state (only
-        before a load overwrites them). Raises ``ValueError``, with nothing
-        changed, for a base state entry of unknown parity.
+        ``t``: ``(theta_1 - theta_0)/2`` and entry 1 of the state. Without
+        ``keep_state`` (a load replaces it) the base state is dropped. Raises
+        ``ValueError`` for a per-element base state entry of unknown parity.
         """
         bparams = self.base_optimizer.param_groups[gi]["params"]
-        if not centered:
-            for bt in bparams:
-                for key, val in self.base_optimizer.state.get(bt, {}).items():
-                    if isinstance(val, Tensor) and val.dim() and key not in ODD_STATE and key not in EVEN_STATE:
-                        raise ValueError(f"Invalid base state: {key!r} of group {gi} (proxopt does not know whether "
-                                         "it changes sign with the dual, so it cannot move the group's dual (-t, t) "
-                                         "to two entries)")
+        plan = []
         for pi, p in enumerate(group["params"]):
             st = self.state.get(p)
             lat = st.get("latent") if st else None
             if lat is None or (lat.shape == p.shape) == centered:
                 continue
             old = bparams[pi]
-            entry = self.base_optimizer.state.pop(old, None)
-
-            def move(key: str, x: Tensor) -> Tensor:
-                if centered:  # base layout (2, ...) -> (...)
-                    return ((x[1] - x[0]) * 0.5).contiguous() if key in ODD_STATE or key == "latent" \
-                        else x[1].contiguous()
-                return torch.stack([-x if key in ODD_STATE or key == "latent" else x, x]).contiguous()
-
-            src = old if centered else lat
-            new = move("latent", src)
+            new = _to_form(old, "latent", centered)
+            entry = self.base_optimizer.state.get(old) if keep_state else None
             if entry is not None:
-                entry = {k: move(k, v) if isinstance(v, Tensor) and v.dim() and v.shape == old.shape else v
-                         for k, v in entry.items()}
+                unknown = [k for k, v in entry.items() if isinstance(v, Tensor) and v.shape == old.shape
+                           and k not in ODD_STATE and k not in EVEN_STATE and k not in SCALAR_STATE]
+                if unknown:
+                    raise ValueError(f"Invalid base state: {unknown[0]!r} of group {gi} (proxopt does not know "
+                                     "whether it changes sign with the dual, so it cannot move the group's softmax "
+                                     "dual between (-t, t) and t)")
+                entry = {k: _to_form(v, k, centered) if isinstance(v, Tensor) and v.shape == old.shape
+                         and k not in SCALAR_STATE else v for k, v in entry.items()}
+            plan.append((pi, new, entry))
+        return plan
+
+    def _commit_form(self, gi: int, group: Dict[str, Any], plan: List[Tuple[int, Tensor, Optional[Dict[str, Any]]]]
+                     ) -> None:
+        """Install a :meth:`_plan_form`: base tensors, their state, and the latents (views of them)."""
+        bparams = self.base_optimizer.param_groups[gi]["params"]
+        for pi, new, entry in plan:
+            p = group["params"][pi]
+            self.base_optimizer.state.pop(bparams[pi], None)
+            if entry is not None:
                 self.base_optimizer.state[new] = entry
             bparams[pi] = new
-            st["latent"] = new if centered else new.movedim(0, -1)
+            self.state[p]["latent"] = new if new.shape == p.shape else new.movedim(0, -1)
 
     def _prepare_step(self) -> None:
         """A primal group kept as ``t`` whose base settings now need ``log(u)/beta`` (coupled weight decay) moves
-        to the two-entry dual (:meth:`_set_form`) before the step re-encodes it."""
-        for gi, group in self._quantized_groups():
-            if not group["stable"] and self._kept_centered(group) and self._log_partition(group):
-                self._set_form(gi, group, centered=False)
+        to the two-entry dual before the step re-encodes it: every such group is planned before any changes
+        (:meth:`_plan_form`). The move keeps the point and the base state exactly; a step that fails after it
+        leaves the group in the two-entry form."""
+        plans = [(gi, group, self._plan_form(gi, group, centered=False)) for gi, group in self._quantized_groups()
+                 if not group["stable"] and self._kept_centered(group) and self._log_partition(group)]
+        for gi, group, plan in plans:
+            self._commit_form(gi, group, plan)
+
+    @torch.no_grad()
+    def _relink(self) -> bool:
+        """:meth:`LatentOptimizer._relink`, for state entries replaced from outside whose latent has the other form
+        (``t`` or the two-entry dual) than the base tensor: the base tensor is rebuilt from the saved latent in its
+        form (its old base state moved along, unless the entry brings one), then the group takes one form."""
+        changed = False
+        for gi, group in enumerate(self.param_groups):
+            if not (group["quantize"] and self._centered_possible(group)):
+                continue
+            bparams = self.base_optimizer.param_groups[gi]["params"]
+            for pi, p in enumerate(group["params"]):
+                st = self.state.get(p)
+                lat = st.get("latent") if st else None
+                bt = bparams[pi]
+                if lat is None or lat is bt or lat._base is bt or (lat.shape == p.shape) == (bt.shape == p.shape):
+                    continue  # the base tensor or a view of it (the usual case), or a latent of its form
+                centered = lat.shape == p.shape
+                new = lat.detach().clone().contiguous() if centered else lat.detach().movedim(-1, 0).contiguous()
+                entry = self.base_optimizer.state.pop(bt, None)
+                if entry is not None and "base_state" not in st:
+                    self.base_optimizer.state[new] = {
+                        k: _to_form(v, k, centered) if isinstance(v, Tensor) and v.shape == bt.shape
+                        and k not in SCALAR_STATE else v for k, v in entry.items()}
+                bparams[pi] = new
+                st["latent"] = new if centered else new.movedim(0, -1)
+                changed = True
+            if changed:
+                forms = {self.state[p]["latent"].shape == p.shape for p in group["params"]
+                         if self.state.get(p) and "latent" in self.state[p]}
+                if len(forms) > 1:  # some entries replaced, others not: the form of the first
+                    self._commit_form(gi, group, self._plan_form(gi, group, bool(self._kept_centered(group))))
+        return super()._relink() or changed
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """:meth:`~proxopt.optim.engine.WrappedOptimizer.load_state_dict`; a group whose saved latents are in the
@@ -263,8 +321,8 @@ class MirrorDescent(LatentOptimizer):
                    {id(bt): self.base_optimizer.state.get(bt) for bt in self.base_optimizer.param_groups[gi]["params"]})
                   for gi, group, _ in moves]
         try:
-            for gi, group, centered in moves:
-                self._set_form(gi, group, centered)
+            for gi, group, centered in moves:  # the load replaces the base state: it is not moved
+                self._commit_form(gi, group, self._plan_form(gi, group, centered, keep_state=False))
             super().load_state_dict(state_dict)
         except BaseException:
             for (gi, group, _), (bparams, lats, entries) in zip(moves, before):

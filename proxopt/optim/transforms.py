@@ -302,8 +302,9 @@ class CenteredSoftmaxPair(Transform):
       pair ignore; the zero-sum one is ``(-t, t)``, and its
       re-encoding after every step clips ``t`` to ``[f/2, -f/2]``,
       ``f = log(tiny)/beta`` (:meth:`~proxopt.mirror_maps.Softmax.centered_renormalize_`):
-      the same ``theta_1 - theta_0``, bit for bit, as the dual with largest
-      entry 0 that :class:`MirrorPair` keeps.
+      the same ``theta_1 - theta_0``, bit for bit, as re-encoding to the
+      dual with largest entry 0 that :class:`MirrorPair` keeps (whose base
+      steps round differently: the same iterates in exact arithmetic).
 
     :class:`~proxopt.MirrorDescent` uses it where these conditions hold;
     the latent, in state dicts too, is then ``t``.
