@@ -51,10 +51,12 @@ def _to_form(x: Tensor, key: str, centered: bool) -> Tensor:
     if centered:
         return ((x[1] - x[0]) * 0.5).contiguous() if odd else x[1].contiguous()
     return torch.stack([-x if odd else x, x]).contiguous()
+
+
 #: Base optimizers whose update is elementwise and odd whatever their settings: negating a tensor, its gradient
 #: and its odd state (momentum, first moments; the second moments and step sizes are even) negates the update
-#: bit for bit (every operation commutes with a sign flip). The stable form keeps a two-level softmax dual
-#: ``(-t, t)`` under them as ``t`` alone (:class:`~proxopt.optim.transforms.CenteredSoftmaxPair`).
+#: bit for bit (every operation commutes with a sign flip). A two-level softmax dual ``(-t, t)`` is kept under
+#: them as ``t`` alone (:class:`~proxopt.optim.transforms.CenteredSoftmaxPair`).
 ODD_BASES: Tuple[Type[Optimizer], ...] = SHIFT_FREE + tuple(SHIFT_FREE_UNDECAYED)
 
 
@@ -90,8 +92,8 @@ class MirrorDescent(LatentOptimizer):
     (:class:`~proxopt.optim.transforms.CenteredSoftmaxPair`); so does the
     primal form where the base update ignores a common shift (below), until
     coupled weight decay makes it need ``log(u)/beta``: it then moves to the
-    two entries, with its base state, and keeps them. Softmax ignores a constant added
-    to every entry, so the primal form's dual of ``u`` is
+    two entries, with its base state, and keeps them. Softmax ignores a
+    constant added to every entry, so the primal form's dual of ``u`` is
     ``log(u)/beta + c``: proxopt keeps the one with largest entry 0, computed
     exactly, when the base update does not depend on ``theta`` itself
     (:data:`SHIFT_FREE`, and :data:`SHIFT_FREE_UNDECAYED` without coupled
