@@ -712,7 +712,7 @@ class Softmax(MirrorMap):
         bit otherwise; ``f/2`` and ``2t`` are exact, so the projection of the
         result is that of :meth:`renormalize_`'s, bit for bit. NaN stays NaN.
         """
-        half = _dual_floor(t.dtype, beta) / 2
+        half = _dual_floor(t.dtype, beta) / 2  # exact: a power-of-two division of a normal number
         return t.clamp_(half, -half)
 
     def centered_renormalize_to_primal_into(self, t: Tensor, beta: float, out: Tensor) -> bool:

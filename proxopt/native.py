@@ -209,8 +209,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.proxopt_ss_value.argtypes = [P, P, N, F, I]
     lib.proxopt_ss_grad.argtypes = [P, P, P, N, F, I]
     for fn in (lib.proxopt_sm2_project, lib.proxopt_sm2_project_centered, lib.proxopt_sm2_clamp_project_centered,
-               lib.proxopt_sm2_renorm,
-               lib.proxopt_sm2_renorm_project, lib.proxopt_sm2_pullback, lib.proxopt_ss_value, lib.proxopt_ss_grad):
+               lib.proxopt_sm2_renorm, lib.proxopt_sm2_renorm_project, lib.proxopt_sm2_pullback, lib.proxopt_ss_value,
+               lib.proxopt_ss_grad):
         fn.restype = None
     lib.proxopt_native_version.restype = ctypes.c_int
     lib.proxopt_native_version.argtypes = []

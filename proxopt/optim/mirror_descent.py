@@ -53,6 +53,13 @@ def _to_form(x: Tensor, key: str, centered: bool) -> Tensor:
     return torch.stack([-x if odd else x, x]).contiguous()
 
 
+def _entry_to_form(entry: Dict[str, Any], shape: torch.Size, centered: bool) -> Dict[str, Any]:
+    """A base state entry of a tensor of ``shape`` in the other form: :func:`_to_form` of each per-element tensor
+    (named per-tensor scalars, :data:`SCALAR_STATE`, stay as they are, 0-d tensors included)."""
+    return {k: _to_form(v, k, centered) if isinstance(v, Tensor) and v.shape == shape and k not in SCALAR_STATE
+            else v for k, v in entry.items()}
+
+
 #: Base optimizers whose update is elementwise and odd whatever their settings: negating a tensor, its gradient
 #: and its odd state (momentum, first moments; the second moments and step sizes are even) negates the update
 #: bit for bit (every operation commutes with a sign flip). A two-level softmax dual ``(-t, t)`` is kept under
@@ -239,8 +246,7 @@ class MirrorDescent(LatentOptimizer):
                     raise ValueError(f"Invalid base state: {unknown[0]!r} of group {gi} (proxopt does not know "
                                      "whether it changes sign with the dual, so it cannot move the group's softmax "
                                      "dual between (-t, t) and t)")
-                entry = {k: _to_form(v, k, centered) if isinstance(v, Tensor) and v.shape == old.shape
-                         and k not in SCALAR_STATE else v for k, v in entry.items()}
+                entry = _entry_to_form(entry, old.shape, centered)
             plan.append((pi, new, entry))
         return plan
 
@@ -273,26 +279,28 @@ class MirrorDescent(LatentOptimizer):
         form (its old base state moved along, unless the entry brings one), then the group takes one form."""
         changed = False
         for gi, group in enumerate(self.param_groups):
-            if not (group["quantize"] and self._centered_possible(group)):
+            if not group["quantize"]:
                 continue
             bparams = self.base_optimizer.param_groups[gi]["params"]
+            moved = False
             for pi, p in enumerate(group["params"]):
                 st = self.state.get(p)
                 lat = st.get("latent") if st else None
                 bt = bparams[pi]
+                # the base tensor or a view of it (the usual case), or a latent of its form: nothing to do here (only
+                # a softmax dual has two forms, so no other group gets past this)
                 if lat is None or lat is bt or lat._base is bt or (lat.shape == p.shape) == (bt.shape == p.shape):
-                    continue  # the base tensor or a view of it (the usual case), or a latent of its form
+                    continue
                 centered = lat.shape == p.shape
                 new = lat.detach().clone().contiguous() if centered else lat.detach().movedim(-1, 0).contiguous()
                 entry = self.base_optimizer.state.pop(bt, None)
                 if entry is not None and "base_state" not in st:
-                    self.base_optimizer.state[new] = {
-                        k: _to_form(v, k, centered) if isinstance(v, Tensor) and v.shape == bt.shape
-                        and k not in SCALAR_STATE else v for k, v in entry.items()}
+                    self.base_optimizer.state[new] = _entry_to_form(entry, bt.shape, centered)
                 bparams[pi] = new
                 st["latent"] = new if centered else new.movedim(0, -1)
+                moved = True
+            if moved:
                 changed = True
-            if changed:
                 forms = {self.state[p]["latent"].shape == p.shape for p in group["params"]
                          if self.state.get(p) and "latent" in self.state[p]}
                 if len(forms) > 1:  # some entries replaced, others not: the form of the first
